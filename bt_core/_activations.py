@@ -1,0 +1,45 @@
+"""The feed-forward activations bt computes, and which of them the fused kernel computes exactly."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+#: The only activations ``torch._transformer_encoder_layer_fwd`` computes: exact (erf) gelu and relu.
+KERNEL_ACTIVATIONS = frozenset({"gelu", "relu"})
+
+
+def _quick_gelu(x: Tensor) -> Tensor:
+    return x * torch.sigmoid(1.702 * x)
+
+
+def _tanh_gelu(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+#: Every activation an adapter may declare, by the name transformers' configs use for it.
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": F.gelu,
+    "relu": F.relu,
+    "gelu_new": _tanh_gelu,
+    "gelu_pytorch_tanh": _tanh_gelu,
+    "gelu_fast": _tanh_gelu,
+    "quick_gelu": _quick_gelu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation_function(name: str) -> Callable[[Tensor], Tensor]:
+    """The function for ``name``; transformers' own one when it has it, so results match bit for bit."""
+    if name in KERNEL_ACTIVATIONS:
+        return ACTIVATIONS[name]
+    try:
+        from transformers.activations import ACT2FN
+
+        return ACT2FN[name]
+    except (ImportError, KeyError):
+        return ACTIVATIONS[name]

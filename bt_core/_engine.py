@@ -1,0 +1,300 @@
+"""How a converted layer executes: every strategy, and the one place that chooses between them.
+
+Strategies, all exact against the original layer:
+
+- ``fused``: ``torch._transformer_encoder_layer_fwd`` on a nested tensor built from the padding
+  mask at the first layer, un-nested at the last. Needs right padding, an activation the kernel
+  computes (exact gelu/relu), an even head count and a dtype the kernel has on this device.
+- ``packed``: the real tokens gathered into one ``(tokens, hidden)`` matrix for every projection,
+  norm and feed-forward; attention runs on the padded q/k/v with ``scaled_dot_product_attention``.
+  Takes any padding layout and any activation.
+- ``dense``: the same ordinary ops on the whole padded tensor, with the mask as given (no padding,
+  or a mask that is more than key padding, such as CLIP's causal text mask).
+- ``reference``: differentiable ops with explicit attention probabilities, dropout and head mask,
+  for training, autograd and requested attentions or hidden states.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import threading
+from collections.abc import Callable, Iterator
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._activations import activation_function
+from ._masks import MaskLayout, is_right_padded, read_mask
+from .errors import BetterTransformerError
+from .layer import BetterTransformerBaseLayer, LayerCall
+
+__all__ = ["Strategy", "choose_strategy", "force_strategy", "run_layer"]
+
+
+class Strategy(str, Enum):
+    FUSED = "fused"
+    PACKED = "packed"
+    DENSE = "dense"
+    REFERENCE = "reference"
+
+
+_forced = threading.local()
+_STRATEGY_ENV = "BT_STRATEGY"
+
+
+@contextlib.contextmanager
+def force_strategy(strategy: Strategy | str | None) -> Iterator[None]:
+    """Run every converted layer with ``strategy`` inside the block (for debugging and tests).
+
+    A forced strategy that cannot run a call exactly raises instead of falling back.
+    ``BT_STRATEGY=<name>`` in the environment does the same for a whole process.
+    """
+    previous = getattr(_forced, "value", None)
+    _forced.value = None if strategy is None else Strategy(strategy)
+    try:
+        yield
+    finally:
+        _forced.value = previous
+
+
+def _forced_strategy() -> Strategy | None:
+    value = getattr(_forced, "value", None)
+    if value is not None:
+        return value
+    env = os.environ.get(_STRATEGY_ENV)
+    if not env:
+        return None
+    try:
+        return Strategy(env)
+    except ValueError:
+        raise BetterTransformerError(
+            f"{_STRATEGY_ENV}={env!r} is not a strategy; use one of {', '.join(s.value for s in Strategy)}."
+        ) from None
+
+
+_KERNEL_DTYPES = {
+    "cpu": {torch.float32, torch.bfloat16},
+    "cuda": {torch.float32, torch.float16, torch.bfloat16},
+}
+
+
+def why_not_fused(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: MaskLayout) -> str | None:
+    """Why the fused kernel cannot compute this call exactly, or None when it can."""
+    if not layer.kernel_computes_activation:
+        return f"the kernel does not compute activation {layer.activation!r}"
+    if int(layer.num_heads) % 2 == 1:  # type: ignore[arg-type]
+        return "the head count is odd, which PyTorch's fast path does not take"
+    if hidden_states.dtype not in _KERNEL_DTYPES.get(hidden_states.device.type, set()):
+        return f"the kernel has no {hidden_states.dtype} version on {hidden_states.device.type}"
+    if not layout.is_key_padding:
+        return "the mask is more than key padding"
+    if layout.key_keep is not None and not is_right_padded(layout.key_keep):
+        return "the padding is not on the right (or a row is all padding), so it cannot be nested"
+    return None
+
+
+def choose_strategy(layer: BetterTransformerBaseLayer, call: LayerCall, layout: MaskLayout) -> Strategy:
+    """The fastest exact strategy for this call; the one place the choice is made."""
+    reason = layer.forward_checker(call)
+    forced = _forced_strategy()
+    if reason is not None:
+        if forced not in (None, Strategy.REFERENCE):
+            raise BetterTransformerError(f"strategy {forced.value!r} was forced, but {reason}; unset it.")
+        layer.warn_once(reason)
+        return Strategy.REFERENCE
+    if call.hidden_states.is_nested:
+        return Strategy.FUSED  # an earlier layer nested the batch: stay on the fused path
+    if forced is not None:
+        if forced is Strategy.FUSED:
+            blocker = why_not_fused(layer, call.hidden_states, layout)
+            if blocker:
+                raise BetterTransformerError(f"strategy 'fused' was forced, but {blocker}; unset it.")
+        if forced is Strategy.PACKED and not layout.has_padding:
+            return Strategy.DENSE  # nothing to pack
+        return forced
+    if not layout.has_padding:
+        return Strategy.DENSE
+    if why_not_fused(layer, call.hidden_states, layout) is None and _fused_wins(call.hidden_states, layout):
+        return Strategy.FUSED
+    return Strategy.PACKED
+
+
+def _fused_wins(hidden_states: Tensor, layout: MaskLayout) -> bool:
+    # Measured with `bt bench` (BENCHMARKS.md): on CPU the packed strategy beats the fused kernel at
+    # every padding fraction, because the kernel's attention is slower than SDPA's; on CUDA the
+    # kernel's nested attention wins.
+    return hidden_states.device.type == "cuda"
+
+
+def run_layer(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tensor, Tensor | None]:
+    """Compute one converted layer; returns the hidden states and, when asked, attention probabilities."""
+    hidden_states = call.hidden_states
+    if hidden_states.is_nested:
+        layout = MaskLayout(key_keep=None, attend=None, is_key_padding=True)
+    else:
+        layout = read_mask(call.attention_mask, hidden_states.shape[0], hidden_states.shape[1])
+    strategy = choose_strategy(layer, call, layout)
+    if strategy is Strategy.REFERENCE:
+        return _reference(layer, _padded(layer, hidden_states), layout, call)
+    if strategy is Strategy.FUSED:
+        return _fused(layer, hidden_states, layout), None
+    hidden_states = _padded(layer, hidden_states)
+    if strategy is Strategy.PACKED:
+        return _packed(layer, hidden_states, layout), None
+    return _dense(layer, hidden_states, layout), None
+
+
+# -- the layer's arithmetic, shared by the ordinary-op strategies ---------------------------------
+
+
+def _layer_math(
+    layer: BetterTransformerBaseLayer,
+    tokens: Tensor,
+    attend: Callable[[Tensor], Tensor],
+    dropout: Callable[[Tensor], Tensor] = lambda t: t,
+) -> Tensor:
+    """One encoder layer on ``tokens`` of shape ``(..., hidden)``; ``attend`` maps packed q/k/v to context."""
+    shape = (layer.embed_dim,)
+    eps = float(layer.norm1_eps)  # type: ignore[arg-type]
+    act = activation_function(layer.activation)
+
+    def attention_block(x: Tensor) -> Tensor:
+        qkv = F.linear(x, layer.in_proj_weight, layer.in_proj_bias)
+        return dropout(F.linear(attend(qkv), layer.out_proj_weight, layer.out_proj_bias))
+
+    def feed_forward(x: Tensor) -> Tensor:
+        inner = act(F.linear(x, layer.linear1_weight, layer.linear1_bias))
+        return dropout(F.linear(inner, layer.linear2_weight, layer.linear2_bias))
+
+    if layer.norm_first:
+        x = tokens + attention_block(F.layer_norm(tokens, shape, layer.norm1_weight, layer.norm1_bias, eps))
+        return x + feed_forward(F.layer_norm(x, shape, layer.norm2_weight, layer.norm2_bias, eps))
+    x = F.layer_norm(tokens + attention_block(tokens), shape, layer.norm1_weight, layer.norm1_bias, eps)
+    return F.layer_norm(x + feed_forward(x), shape, layer.norm2_weight, layer.norm2_bias, eps)
+
+
+def _split_heads(qkv: Tensor, batch: int, seq_len: int, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
+    head_dim = qkv.shape[-1] // (3 * num_heads)
+    q, k, v = qkv.view(batch, seq_len, 3, num_heads, head_dim).permute(2, 0, 3, 1, 4)
+    return q, k, v
+
+
+def _merge_heads(context: Tensor) -> Tensor:
+    batch, heads, seq_len, head_dim = context.shape
+    return context.transpose(1, 2).reshape(batch, seq_len, heads * head_dim)
+
+
+def _dense(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: MaskLayout) -> Tensor:
+    batch, seq_len, _ = hidden_states.shape
+
+    def attend(qkv: Tensor) -> Tensor:
+        q, k, v = _split_heads(qkv, batch, seq_len, int(layer.num_heads))  # type: ignore[arg-type]
+        return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=layout.attend))
+
+    return _layer_math(layer, hidden_states, attend)
+
+
+def _packed(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: MaskLayout) -> Tensor:
+    batch, seq_len, hidden = hidden_states.shape
+    assert layout.key_keep is not None
+    index = layout.key_keep.reshape(-1).nonzero().squeeze(1)
+    tokens = hidden_states.reshape(batch * seq_len, hidden).index_select(0, index)
+
+    def attend(qkv: Tensor) -> Tensor:
+        padded = qkv.new_zeros(batch * seq_len, qkv.shape[-1]).index_copy_(0, index, qkv)
+        q, k, v = _split_heads(padded, batch, seq_len, int(layer.num_heads))  # type: ignore[arg-type]
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.attend)
+        return _merge_heads(context).reshape(batch * seq_len, hidden).index_select(0, index)
+
+    out = _layer_math(layer, tokens, attend)
+    return out.new_zeros(batch * seq_len, hidden).index_copy_(0, index, out).view(batch, seq_len, hidden)
+
+
+def _reference(
+    layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: MaskLayout, call: LayerCall
+) -> tuple[Tensor, Tensor | None]:
+    """Differentiable math attention, with dropout, head mask and the probabilities."""
+    batch, seq_len, _ = hidden_states.shape
+    training = layer.training
+    probabilities: list[Tensor] = []
+
+    def attend(qkv: Tensor) -> Tensor:
+        q, k, v = _split_heads(qkv, batch, seq_len, int(layer.num_heads))  # type: ignore[arg-type]
+        scores = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(q.shape[-1])
+        if layout.attend is not None:
+            scores = scores.masked_fill(~layout.attend, torch.finfo(scores.dtype).min)
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        probs = F.dropout(probs, p=layer.attention_dropout, training=training)
+        if call.head_mask is not None:
+            probs = probs * call.head_mask
+        context, probs = layer.attention_probe(_merge_heads(torch.matmul(probs, v)), probs)
+        probabilities.append(probs)
+        return context
+
+    def dropout(t: Tensor) -> Tensor:
+        return F.dropout(t, p=layer.hidden_dropout, training=training)
+
+    out = _layer_math(layer, hidden_states, attend, dropout)
+    return out, probabilities[0] if probabilities else None
+
+
+# -- nesting for the fused kernel -----------------------------------------------------------------
+
+
+class _StackState(threading.local):
+    """Per-thread memory of the padded shape the first layer nested, for the last layer to restore."""
+
+    padded_shape: tuple[int, ...] | None = None
+
+
+def _padded(layer: BetterTransformerBaseLayer, hidden_states: Tensor) -> Tensor:
+    """A dense tensor; a nested one (left by a fused call before this one) is padded back first."""
+    if not hidden_states.is_nested:
+        return hidden_states
+    shape = _stack_state(layer).padded_shape
+    return hidden_states.to_padded_tensor(0.0, shape)
+
+
+def _stack_state(layer: BetterTransformerBaseLayer) -> _StackState:
+    state = layer._bt_stack
+    if state is None:
+        state = _StackState()
+        layer.__dict__["_bt_stack"] = state
+    return state
+
+
+def _fused(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: MaskLayout) -> Tensor:
+    state = _stack_state(layer)
+    if not hidden_states.is_nested:
+        state.padded_shape = tuple(hidden_states.shape)
+        if layout.key_keep is not None:
+            hidden_states = torch._nested_tensor_from_mask(hidden_states, layout.key_keep, mask_check=False)
+    out = torch._transformer_encoder_layer_fwd(
+        hidden_states,
+        layer.embed_dim,
+        layer.num_heads,
+        layer.in_proj_weight,
+        layer.in_proj_bias,
+        layer.out_proj_weight,
+        layer.out_proj_bias,
+        layer.activation == "gelu",
+        layer.norm_first,
+        layer.norm1_eps,
+        layer.norm1_weight,
+        layer.norm1_bias,
+        layer.norm2_weight,
+        layer.norm2_bias,
+        layer.linear1_weight,
+        layer.linear1_bias,
+        layer.linear2_weight,
+        layer.linear2_bias,
+        None,
+        None,
+    )
+    if out.is_nested and layer.is_last_layer:
+        out = out.to_padded_tensor(0.0, state.padded_shape)
+    return out

@@ -1,0 +1,67 @@
+"""The few transformers internals bt relies on, behind one door so a release that moves them breaks here.
+
+transformers 5.x records ``output_hidden_states`` and ``output_attentions`` with forward hooks that
+it installs once per model on the modules of the classes named in ``_can_record_outputs``. A
+converted layer is not of those classes, so the conversion re-installs the hooks on converted
+layers itself, and resets the record so transformers re-installs its own after a swap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+try:  # transformers >= 5.10
+    from transformers.utils import output_capturing as _capturing
+except ImportError:  # pragma: no cover - older layouts keep no hooks to mend
+    _capturing = None  # type: ignore[assignment]
+
+_HOOK_NAME = "output_capturing_hook"
+_INSTALLED_FLAG = "_output_capturing_hooks_installed"
+
+
+def output_capture_requested() -> bool:
+    """Whether the running forward is recording hidden states or attentions."""
+    if _capturing is None:
+        return False
+    collected = _capturing._active_collector.get()
+    return bool(collected) and any(key in collected for key in ("hidden_states", "attentions"))
+
+
+def reset_output_capture(root: nn.Module) -> None:
+    """Remove transformers' recording hooks and flags under ``root``; it re-installs them on next use."""
+    for module in root.modules():
+        for hook_id, hook in list(module._forward_hooks.items()):
+            if getattr(hook, "__name__", "") == _HOOK_NAME:
+                del module._forward_hooks[hook_id]
+        if _INSTALLED_FLAG in module.__dict__:
+            delattr(module, _INSTALLED_FLAG)
+
+
+def install_output_capture(owner: nn.Module, original_class: type, layer: Any) -> None:
+    """Hook ``layer`` (a converted layer) the way transformers would have hooked the original one."""
+    if _capturing is None:
+        return
+    # A plain dict keyed by the class string up to 5.2x, a dict subclass with the same keys later.
+    flags = dict.get(_capturing._CAN_RECORD_REGISTRY, str(owner.__class__)) or {}
+    for key, specs in flags.items():
+        for spec in specs if isinstance(specs, list) else [specs]:
+            if not isinstance(spec, _capturing.OutputRecorder):
+                index = 0 if "hidden_states" in key else 1
+                spec = _capturing.OutputRecorder(
+                    target_class=spec if not isinstance(spec, str) else None,
+                    index=index,
+                    class_name=spec if isinstance(spec, str) else None,
+                )
+            if spec.layer_name is not None:
+                continue
+            target = spec.target_class
+            if key == "hidden_states" and target is not None and issubclass(original_class, target):
+                _capturing.install_output_capuring_hook(layer, key, spec.index, spec.capture_initial_hidden_state)
+            elif key == "attentions" and target is not None and _contains(layer.original_layer, target):
+                _capturing.install_output_capuring_hook(layer.attention_probe, key, 1, True)
+
+
+def _contains(module: nn.Module, target: type) -> bool:
+    return any(isinstance(m, target) for m in module.modules())

@@ -1,0 +1,30 @@
+"""Which of the bt packs converts which model types, for error messages when a pack is missing.
+
+Only a hint: the registry, not this table, decides what is converted.
+"""
+
+from __future__ import annotations
+
+KNOWN_PACKS: dict[str, frozenset[str]] = {
+    "bt-plugins-encoders": frozenset(
+        {
+            "albert", "bert", "bert-generation", "camembert", "data2vec-text", "distilbert", "electra",
+            "ernie", "layoutlm", "markuplm", "rembert", "roberta", "roc_bert", "splinter", "tapas",
+            "xlm-roberta", "xlm-roberta-xl",
+        }
+    ),
+    "bt-plugins-vision": frozenset(
+        {
+            "beit", "clip", "clip_text_model", "clip_vision_model", "data2vec-vision", "deit", "dinov2",
+            "siglip", "siglip_text_model", "siglip_vision_model", "vilt", "vit", "vit_mae", "vit_msn", "yolos",
+        }
+    ),
+}
+
+
+def pack_for(model_type: str) -> str | None:
+    """The distribution that would add ``model_type``, when one of ours does."""
+    for distribution, model_types in KNOWN_PACKS.items():
+        if model_type in model_types:
+            return distribution
+    return None

@@ -1,0 +1,95 @@
+"""Reading the attention masks transformers hands its encoder layers.
+
+A layer may receive None, a 2-D keep mask, a 3-D or 4-D bool keep mask, an additive float mask
+(0 / dtype-min or 0 / -10000) or an integer mask. Everything here turns that into one picture:
+which keys each row may attend to, and whether that is plain key padding (so the padding can be
+dropped from the compute) or something richer, such as a causal mask, that must be applied whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .errors import BetterTransformerError
+
+
+@dataclass(frozen=True)
+class MaskLayout:
+    """What an attention mask means for one batch.
+
+    ``key_keep`` is ``(batch, seq_len)`` bool, True on real tokens, when the mask is plain key
+    padding with at least one padded token; None when nothing is padded. ``attend`` is a bool
+    mask broadcastable to ``(batch, heads, seq_len, seq_len)`` (True = may attend), None when
+    every token may attend to every token.
+    """
+
+    key_keep: Tensor | None
+    attend: Tensor | None
+    is_key_padding: bool
+
+    @property
+    def has_padding(self) -> bool:
+        return self.key_keep is not None
+
+
+NO_MASK = MaskLayout(key_keep=None, attend=None, is_key_padding=True)
+
+
+def to_keep_mask(mask: Tensor) -> Tensor:
+    """A bool mask of the same shape, True where attention is allowed."""
+    if mask.dtype == torch.bool:
+        return mask
+    if not mask.is_floating_point():
+        return mask != 0
+    # A float mask is additive (0 keeps, a large negative drops) unless it is a 0/1 keep mask.
+    if bool((mask < 0).any()) or not bool((mask == 1).any()):
+        return mask > -1.0
+    return mask > 0.5
+
+
+def read_mask(mask: Tensor | None, batch: int, seq_len: int) -> MaskLayout:
+    """Classify ``mask`` for a ``(batch, seq_len, hidden)`` input."""
+    if mask is None:
+        return NO_MASK
+    keep = to_keep_mask(mask)
+    if keep.dim() == 2:
+        attend = keep[:, None, None, :]
+    elif keep.dim() == 3:
+        attend = keep[:, None, :, :]
+    elif keep.dim() == 4:
+        attend = keep
+    else:
+        raise BetterTransformerError(
+            f"attention mask of shape {tuple(mask.shape)} is not understood: pass a (batch, seq_len) "
+            "mask, or the 3-D/4-D mask transformers builds from it."
+        )
+    if attend.shape[0] not in (1, batch) or attend.shape[-1] != seq_len:
+        raise BetterTransformerError(
+            f"attention mask of shape {tuple(mask.shape)} does not fit hidden states of batch {batch} "
+            f"and length {seq_len}: pass the mask of this batch."
+        )
+    attend = attend.expand(batch, *attend.shape[1:])
+    # The keys some query may attend to are the real tokens of a padding mask.
+    key_keep = attend.any(dim=2).all(dim=1) if attend.shape[2] > 1 else attend[:, :, 0, :].all(dim=1)
+    # It is plain key padding when every real query row allows exactly the real keys; rows of
+    # padded queries are free, since their outputs are never read.
+    rows_match = attend == key_keep[:, None, None, :]
+    if attend.shape[2] > 1:
+        rows_match = rows_match | ~key_keep[:, None, :, None]
+    if not bool(rows_match.all()):
+        return MaskLayout(key_keep=None, attend=attend, is_key_padding=False)
+    if bool(key_keep.all()):
+        return NO_MASK
+    return MaskLayout(key_keep=key_keep, attend=key_keep[:, None, None, :], is_key_padding=True)
+
+
+def is_right_padded(key_keep: Tensor) -> bool:
+    """True when every row is real tokens followed by padding, each row with one real token at least."""
+    lengths = key_keep.sum(dim=1)
+    if bool((lengths == 0).any()):
+        return False
+    positions = torch.arange(key_keep.shape[1], device=key_keep.device)
+    return bool(torch.equal(key_keep, positions[None, :] < lengths[:, None]))

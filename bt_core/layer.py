@@ -1,0 +1,300 @@
+"""The fused-layer contract every adapter fulfils.
+
+An adapter subclasses :class:`BetterTransformerBaseLayer`, is constructed as
+``Adapter(original_layer, config)``, and fills in the fused attributes listed in
+``FUSED_PARAMETERS`` (weights, biases, norms) and the scalars (``num_heads``, ``embed_dim``,
+``norm1_eps``, ``norm2_eps``, ``activation``, ``norm_first``). The base class checks them, picks the
+execution strategy on every call, and knows how to give the original layer back bit for bit.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from ._activations import ACTIVATIONS, KERNEL_ACTIVATIONS
+from .errors import LayerValidationError
+
+__all__ = ["FUSED_PARAMETERS", "BetterTransformerBaseLayer", "LayerCall"]
+
+#: The tensors the fused kernel takes, in the order it takes them.
+FUSED_PARAMETERS: tuple[str, ...] = (
+    "in_proj_weight",
+    "in_proj_bias",
+    "out_proj_weight",
+    "out_proj_bias",
+    "linear1_weight",
+    "linear1_bias",
+    "linear2_weight",
+    "linear2_bias",
+    "norm1_weight",
+    "norm1_bias",
+    "norm2_weight",
+    "norm2_bias",
+)
+
+_warned: set[tuple[str, str]] = set()
+
+
+@dataclass
+class LayerCall:
+    """One call of an encoder layer, read from whatever arguments the model's encoder passes."""
+
+    hidden_states: Tensor
+    attention_mask: Tensor | None = None
+    head_mask: Tensor | None = None
+    output_attentions: bool = False
+
+
+class AttentionProbe(nn.Module):
+    """A parameter-free module the reference path calls with the attention probabilities.
+
+    transformers records ``output_attentions`` with forward hooks on attention modules; a converted
+    layer has none, so the conversion hooks this probe instead.
+    """
+
+    def forward(self, context: Tensor, probabilities: Tensor) -> tuple[Tensor, Tensor]:
+        return context, probabilities
+
+
+class BetterTransformerBaseLayer(nn.Module):
+    """Base class of every converted encoder layer.
+
+    Subclasses set the fused attributes in ``__init__`` after calling ``super().__init__``:
+    assign the original ``nn.Parameter`` where the kernel takes it as it is (it is shared, not
+    copied), ``self.fuse(q, k, v)`` for the packed input projection, ``self.zeros(n, like=...)`` for a
+    bias the original layer lacks, and ``self.derive(tensor, *sources)`` for a tensor computed from
+    others (e.g. a folded scale); derived tensors' sources are kept aside so ``reverse`` is exact.
+    """
+
+    #: Whether the installed transformers' encoder expects a tuple from this layer, not a tensor.
+    returns_tuple: ClassVar[bool] = False
+
+    in_proj_weight: nn.Parameter
+    in_proj_bias: nn.Parameter
+    out_proj_weight: nn.Parameter
+    out_proj_bias: nn.Parameter
+    linear1_weight: nn.Parameter
+    linear1_bias: nn.Parameter
+    linear2_weight: nn.Parameter
+    linear2_bias: nn.Parameter
+    norm1_weight: nn.Parameter
+    norm1_bias: nn.Parameter
+    norm2_weight: nn.Parameter
+    norm2_bias: nn.Parameter
+
+    def __init__(self, layer: nn.Module, config: Any) -> None:
+        super().__init__()
+        # Kept out of the module tree on purpose: registering it would count its parameters twice.
+        self.__dict__["_bt_original_layer"] = layer
+        self.__dict__["_bt_fused_sources"] = {}
+        self.__dict__["_bt_derived_sources"] = set()
+        self.__dict__["_bt_restore_plan"] = None
+        self.config = config
+        self.num_heads: int | None = None
+        self.embed_dim: int | None = None
+        self.norm1_eps: float | None = None
+        self.norm2_eps: float | None = None
+        self.activation: str = "gelu"
+        self.norm_first: bool = False
+        #: Dropout probabilities, applied by the reference path in training mode.
+        self.attention_dropout: float = 0.0
+        self.hidden_dropout: float = 0.0
+        #: Position in the encoder's layer list; set by the conversion.
+        self.is_first_layer = True
+        self.is_last_layer = True
+        self.bt_layer_name = type(layer).__name__
+        self.attention_probe = AttentionProbe()
+        self.__dict__["_bt_stack"] = None
+
+    # -- helpers for adapters ------------------------------------------------------------------
+
+    def fuse(self, *parts: Tensor) -> nn.Parameter:
+        """Concatenate ``parts`` along dim 0 (q, k, v into ``in_proj``) into a new parameter."""
+        fused = nn.Parameter(torch.cat([p.detach() for p in parts], dim=0), requires_grad=parts[0].requires_grad)
+        self._bt_fused_sources[id(fused)] = list(parts)
+        return fused
+
+    def zeros(self, size: int, like: Tensor) -> nn.Parameter:
+        """A zero bias of ``size`` elements for a projection the original layer computes without one."""
+        return nn.Parameter(torch.zeros(size, dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+
+    def derive(self, value: Tensor, *sources: Tensor) -> nn.Parameter:
+        """A parameter computed from ``sources``; they stay with the original layer for ``reverse``."""
+        self._bt_derived_sources.update(id(s) for s in sources)
+        return nn.Parameter(value.detach().clone(), requires_grad=sources[0].requires_grad if sources else False)
+
+    def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+        """Read the mask and flags from the encoder's call. Override when the encoder passes them differently."""
+        mask = args[0] if args else kwargs.get("attention_mask")
+        return LayerCall(
+            hidden_states=hidden_states,
+            attention_mask=mask,
+            head_mask=kwargs.get("head_mask"),
+            output_attentions=bool(kwargs.get("output_attentions", False)),
+        )
+
+    def format_output(self, hidden_states: Tensor, attentions: Tensor | None, call: LayerCall) -> Any:
+        """Return what the installed transformers' encoder expects of the original layer."""
+        if not self.returns_tuple:
+            return hidden_states
+        return (hidden_states, attentions) if call.output_attentions else (hidden_states,)
+
+    # -- the contract ---------------------------------------------------------------------------
+
+    @property
+    def kernel_computes_activation(self) -> bool:
+        """Whether ``torch._transformer_encoder_layer_fwd`` computes this layer's activation exactly."""
+        return self.activation in KERNEL_ACTIVATIONS
+
+    def validate_bettertransformer(self) -> None:
+        """Refuse, naming the layer, attribute and value, anything the fused math would get wrong."""
+        where = f"{type(self).__name__} (converting {self.bt_layer_name})"
+        for name in (*FUSED_PARAMETERS, "num_heads", "embed_dim", "norm1_eps", "norm2_eps"):
+            if getattr(self, name, None) is None:
+                raise LayerValidationError(f"{where}: attribute `{name}` was not set; the adapter must assign it.")
+        embed_dim, num_heads = int(self.embed_dim), int(self.num_heads)  # type: ignore[arg-type]
+        if num_heads <= 0 or embed_dim % num_heads != 0:
+            raise LayerValidationError(
+                f"{where}: embed_dim={embed_dim} is not divisible by num_heads={num_heads}; "
+                "the fused attention splits the hidden size evenly across heads."
+            )
+        ffn = self.linear1_weight.shape[0]
+        expected = {
+            "in_proj_weight": (3 * embed_dim, embed_dim),
+            "in_proj_bias": (3 * embed_dim,),
+            "out_proj_weight": (embed_dim, embed_dim),
+            "out_proj_bias": (embed_dim,),
+            "linear1_weight": (ffn, embed_dim),
+            "linear1_bias": (ffn,),
+            "linear2_weight": (embed_dim, ffn),
+            "linear2_bias": (embed_dim,),
+            "norm1_weight": (embed_dim,),
+            "norm1_bias": (embed_dim,),
+            "norm2_weight": (embed_dim,),
+            "norm2_bias": (embed_dim,),
+        }
+        for name, shape in expected.items():
+            actual = tuple(getattr(self, name).shape)
+            if actual != shape:
+                raise LayerValidationError(
+                    f"{where}: `{name}` has shape {actual}, expected {shape} for embed_dim={embed_dim} "
+                    f"and a feed-forward size of {ffn}."
+                )
+        if self.norm1_eps != self.norm2_eps:
+            raise LayerValidationError(
+                f"{where}: norm1_eps={self.norm1_eps} differs from norm2_eps={self.norm2_eps}; the fused "
+                "kernel takes one epsilon for both layer norms, so this layer cannot be converted exactly."
+            )
+        if self.activation not in ACTIVATIONS:
+            raise LayerValidationError(
+                f"{where}: activation {self.activation!r} is not one bt computes exactly; "
+                f"supported: {', '.join(sorted(ACTIVATIONS))}."
+            )
+        dtypes = {getattr(self, name).dtype for name in FUSED_PARAMETERS}
+        if len(dtypes) != 1:
+            raise LayerValidationError(
+                f"{where}: the fused parameters mix dtypes {sorted(map(str, dtypes))}; cast the model "
+                "to one dtype (e.g. model.float()) before converting."
+            )
+
+    def forward_checker(self, call: LayerCall) -> str | None:
+        """Why this call must take the differentiable reference path, or None when a fast path may run."""
+        from ._hf_compat import output_capture_requested
+
+        if self.training:
+            return "the module is in training mode"
+        if torch.is_grad_enabled() and (
+            call.hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())
+        ):
+            return "autograd is recording gradients (run inference under torch.inference_mode() for the fast path)"
+        if call.output_attentions or output_capture_requested():
+            return "attentions or hidden states were requested"
+        if call.head_mask is not None:
+            return "a head mask was given"
+        if torch.is_autocast_enabled():
+            return "autocast is enabled"
+        return None
+
+    def warn_once(self, reason: str) -> None:
+        key = (type(self).__name__, reason)
+        if key not in _warned:
+            _warned.add(key)
+            warnings.warn(
+                f"{type(self).__name__}: taking the reference path because {reason}; "
+                "results are exact, only slower.",
+                stacklevel=3,
+            )
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        from ._engine import run_layer
+
+        call = self.parse_call(hidden_states, args, kwargs)
+        output, attentions = run_layer(self, call)
+        return self.format_output(output, attentions, call)
+
+    def extra_repr(self) -> str:
+        return (
+            f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, activation={self.activation!r}, "
+            f"norm_first={self.norm_first}, original={self.bt_layer_name}"
+        )
+
+    # -- giving the original back ---------------------------------------------------------------
+
+    @property
+    def original_layer(self) -> nn.Module:
+        return self._bt_original_layer
+
+    def _bt_plan_restore(self) -> None:
+        """Record, per original parameter, where its value lives in this layer."""
+        original = self._bt_original_layer
+        names_by_id = {id(p): name for name, p in original.named_parameters(remove_duplicate=False)}
+        shared: dict[str, str] = {}
+        sliced: dict[str, tuple[str, int, int]] = {}
+        for attr in FUSED_PARAMETERS:
+            value = getattr(self, attr)
+            if id(value) in names_by_id:
+                shared[names_by_id[id(value)]] = attr
+                continue
+            offset = 0
+            for source in self._bt_fused_sources.get(id(value), []):
+                size = source.shape[0]
+                name = names_by_id.get(id(source))
+                if name is not None and id(source) not in self._bt_derived_sources:
+                    sliced[name] = (attr, offset, offset + size)
+                offset += size
+        self.__dict__["_bt_restore_plan"] = (shared, sliced)
+
+    def _bt_release_original(self) -> None:
+        """Free the original copies of sliced parameters; ``reverse`` rebuilds them from the fused ones."""
+        _, sliced = self._bt_restore_plan
+        for name in sliced:
+            owner, _, pname = _owner(self._bt_original_layer, name)
+            old = getattr(owner, pname)
+            setattr(owner, pname, nn.Parameter(old.detach().to("meta"), requires_grad=old.requires_grad))
+
+    def _bt_restore_original(self) -> nn.Module:
+        """The original layer, its parameters holding this layer's current values."""
+        original = self._bt_original_layer
+        shared, sliced = self._bt_restore_plan
+        for name, attr in shared.items():
+            owner, _, pname = _owner(original, name)
+            setattr(owner, pname, getattr(self, attr))
+        for name, (attr, start, end) in sliced.items():
+            owner, _, pname = _owner(original, name)
+            old = getattr(owner, pname)
+            value = getattr(self, attr)[start:end].detach().clone()
+            setattr(owner, pname, nn.Parameter(value, requires_grad=old.requires_grad))
+        reference = self.in_proj_weight
+        original.to(device=reference.device)
+        original.train(self.training)
+        return original
+
+
+def _owner(root: nn.Module, qualified_name: str) -> tuple[nn.Module, str, str]:
+    module_path, _, pname = qualified_name.rpartition(".")
+    return (root.get_submodule(module_path) if module_path else root), module_path, pname

@@ -1,0 +1,1 @@
+"""bt-plugins-encoders: BetterTransformer adapters for BERT-family text encoders."""

@@ -1,0 +1,1 @@
+"""bt-plugins-vision: BetterTransformer adapters for ViT-family vision encoders."""
