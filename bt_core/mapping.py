@@ -24,6 +24,10 @@ class LayerMapping:
             conformance kit (``bt_core.testing``) builds a random-weight model from it.
         example_model_class: optional ``"module:Class"`` or class building the example model from
             ``example_config`` (default: ``transformers.AutoModel``).
+        example_inputs: optional callable ``(config, batch_size) -> dict`` of model inputs for the
+            kit; by default it makes padded ``input_ids``/``attention_mask`` for text configs and
+            ``pixel_values`` for vision configs. An ``attention_mask`` in the dict marks the
+            positions whose outputs are compared.
     """
 
     model_type: str
@@ -31,6 +35,7 @@ class LayerMapping:
     adapter: Any
     example_config: Callable[[], Any] | None = None
     example_model_class: Any = None
+    example_inputs: Callable[[Any, int], dict[str, Any]] | None = None
 
     def load_adapter(self) -> type:
         """The adapter class, importing it if it was given as ``"module:Class"``."""
