@@ -1,0 +1,185 @@
+"""transform/reverse: what a user can rely on, whatever the architecture."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from bt_core import BetterTransformer, BetterTransformerBaseLayer, BetterTransformerError, UnsupportedModelError
+from bt_core.registry import PluginRegistry
+
+from .conftest import make_toy, max_diff_on_tokens, padded_batch
+from .toy_model import ToyAdapter, ToyConfig, ToyModel
+
+pytestmark = pytest.mark.usefixtures("registry")
+
+
+def _parameter_bytes(model: nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {name: tensor.clone() for name, tensor in model.state_dict().items()}
+
+
+def _assert_bit_identical(before: dict[str, torch.Tensor], model: nn.Module) -> None:
+    after = model.state_dict()
+    assert list(after) == list(before)
+    for name, tensor in before.items():
+        assert after[name].dtype == tensor.dtype, name
+        assert torch.equal(after[name], tensor), name
+
+
+def test_transform_converts_in_place_and_keeps_no_duplicate_weights() -> None:
+    model = make_toy()
+    before = _parameter_bytes(model)
+    converted = BetterTransformer.transform(model)
+    assert converted is model
+    assert all(isinstance(layer, ToyAdapter) for layer in model.layers)
+    assert _parameter_bytes(model) == before
+
+
+def test_padded_batch_matches_original_on_valid_tokens() -> None:
+    model = make_toy()
+    ids, mask = padded_batch([5, 2, 7], 9)
+    with torch.inference_mode():
+        expected = model(ids, mask).last_hidden_state
+        converted = BetterTransformer.transform(model, keep_original_model=True)
+        actual = converted(ids, mask).last_hidden_state
+    assert actual.shape == expected.shape
+    assert max_diff_on_tokens(actual, expected, mask) < 1e-5
+
+
+def test_keep_original_model_leaves_the_original_untouched_and_shares_nothing() -> None:
+    model = make_toy()
+    before = _state(model)
+    converted = BetterTransformer.transform(model, keep_original_model=True)
+    assert converted is not model
+    assert not BetterTransformer.is_converted(model)
+    _assert_bit_identical(before, model)
+    original_storage = {p.data_ptr() for p in model.parameters()}
+    assert not original_storage & {p.data_ptr() for p in converted.parameters()}
+
+
+def test_reverse_restores_the_original_classes_bit_for_bit() -> None:
+    model = make_toy(norm_first=True)
+    before = _state(model)
+    BetterTransformer.reverse(BetterTransformer.transform(model))
+    assert not BetterTransformer.is_converted(model)
+    assert [type(layer).__name__ for layer in model.layers] == ["ToyLayer"] * 3
+    _assert_bit_identical(before, model)
+
+
+def test_reverse_keeps_what_was_learned_after_conversion() -> None:
+    model = BetterTransformer.transform(make_toy())
+    with torch.no_grad():
+        model.layers[0].in_proj_weight.add_(1.0)
+        model.layers[0].out_proj_bias.add_(1.0)
+    expected_q = model.layers[0].in_proj_weight[:32].clone()
+    expected_o = model.layers[0].out_proj_bias.clone()
+    BetterTransformer.reverse(model)
+    assert torch.equal(model.layers[0].q.weight, expected_q)
+    assert torch.equal(model.layers[0].o.bias, expected_o)
+
+
+def test_converting_twice_is_a_clear_error() -> None:
+    model = BetterTransformer.transform(make_toy())
+    with pytest.raises(BetterTransformerError, match=r"already converted.*reverse"):
+        BetterTransformer.transform(model)
+
+
+def test_reversing_an_unconverted_model_is_a_clear_error() -> None:
+    with pytest.raises(BetterTransformerError, match="no converted layers"):
+        BetterTransformer.reverse(make_toy())
+
+
+def test_a_failure_midway_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyPatch) -> None:
+    model = make_toy()
+    before = _state(model)
+    layers_before = list(model.layers)
+    calls = []
+    original_init = ToyAdapter.__init__
+
+    def failing_on_second_layer(self: ToyAdapter, layer: nn.Module, config: ToyConfig) -> None:
+        calls.append(layer)
+        original_init(self, layer, config)
+        if len(calls) == 2:
+            self.norm2_eps = 1e-3  # invalid: differs from norm1_eps
+
+    monkeypatch.setattr(ToyAdapter, "__init__", failing_on_second_layer)
+    with pytest.raises(BetterTransformerError, match=r"layers\.1 \(ToyLayer\).*norm1_eps"):
+        BetterTransformer.transform(model)
+    assert list(model.layers) == layers_before
+    assert not BetterTransformer.is_converted(model)
+    _assert_bit_identical(before, model)
+
+
+def test_a_model_nested_inside_another_module_is_found() -> None:
+    wrapper = nn.Sequential(make_toy())
+    BetterTransformer.transform(wrapper)
+    assert isinstance(wrapper[0].layers[0], BetterTransformerBaseLayer)
+
+
+def test_a_module_without_a_transformers_model_is_refused() -> None:
+    with pytest.raises(UnsupportedModelError, match="contains no transformers model"):
+        BetterTransformer.transform(nn.Linear(2, 2))
+
+
+def test_an_unsupported_model_names_its_type_the_supported_types_and_the_pack() -> None:
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=64))
+    with pytest.raises(UnsupportedModelError) as error:
+        BetterTransformer.transform(bert)
+    message = str(error.value)
+    assert "'bert'" in message
+    assert "bt-toy" in message
+    assert "pip install bt-plugins-encoders" in message
+    assert not BetterTransformer.is_converted(bert)
+
+
+def test_a_refused_model_type_quotes_the_plugins_reason() -> None:
+    model = make_toy()
+    model.config.model_type = "bt-toy-rotary"
+    with pytest.raises(UnsupportedModelError, match=r"'bt-toy-rotary' cannot be converted exactly: its attention applies rotary"):
+        BetterTransformer.transform(model)
+
+
+def test_a_renamed_layer_class_is_reported_with_the_classes_found() -> None:
+    class RenamedLayer(nn.Module):
+        pass
+
+    model = make_toy()
+    model.layers = nn.ModuleList([RenamedLayer()])
+    with pytest.raises(UnsupportedModelError, match=r"layer class ToyLayer.*RenamedLayer"):
+        BetterTransformer.transform(model)
+
+
+def test_with_no_plugin_installed_conversion_says_so() -> None:
+    from bt_core.registry import set_default_registry
+
+    previous = set_default_registry(PluginRegistry(discover=False))
+    try:
+        with pytest.raises(UnsupportedModelError, match="no bt plugin is installed"):
+            BetterTransformer.transform(make_toy())
+    finally:
+        set_default_registry(previous)
+
+
+def test_save_pretrained_refuses_until_reversed_then_writes_a_plain_checkpoint(tmp_path) -> None:
+    model = BetterTransformer.transform(make_toy())
+    with pytest.raises(BetterTransformerError, match=r"reverse\(model\)` first"):
+        model.save_pretrained(tmp_path / "converted")
+    BetterTransformer.reverse(model)
+    model.save_pretrained(tmp_path / "reversed")
+    reloaded = ToyModel.from_pretrained(tmp_path / "reversed")
+    _assert_bit_identical(_state(model), reloaded)
+
+
+def test_an_adapter_crash_names_the_adapter_the_layer_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(self: ToyAdapter, layer: nn.Module, config: ToyConfig) -> None:
+        raise AttributeError("'ToyLayer' object has no attribute 'query'")
+
+    monkeypatch.setattr(ToyAdapter, "__init__", broken)
+    with pytest.raises(BetterTransformerError, match=r"ToyAdapter from plugin 'toy' failed on layer layers\.0.*upgrade the plugin"):
+        BetterTransformer.transform(make_toy())
