@@ -1,0 +1,346 @@
+"""Adapters for ViT-family encoder layers (vit, deit, vit_mae, vit_msn, yolos, dinov2, beit,
+data2vec-vision, vilt, clip, siglip).
+
+Every layer here is pre-norm (``norm_first=True``): ``x + attn(norm1(x))`` then ``x + ffn(norm2(x))``.
+transformers renamed the weights of several of these layers across 5.x releases (``attention.q_proj``
+vs ``attention.attention.query``, ``mlp.fc1`` vs ``intermediate.dense``...), so weights are looked up
+by a list of known names, newest first, and an unknown layout fails naming the layer and every name
+tried. Head counts, widths and the activation are read from the layer itself (or the config its own
+submodules keep), never only from the model's top-level config: ``CLIPModel`` passes a ``CLIPConfig``
+whose towers differ, and ``ViTMAEForPreTraining``'s decoder layers have their own width and heads.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bt_core import BetterTransformerBaseLayer, UnsupportedModelError, force_strategy
+from bt_core.layer import LayerCall
+
+__all__ = [
+    "BeitLayerAdapter",
+    "ClipLayerAdapter",
+    "Data2VecVisionLayerAdapter",
+    "Dinov2LayerAdapter",
+    "SiglipLayerAdapter",
+    "ViTLayerAdapter",
+    "ViltLayerAdapter",
+    "YolosLayerAdapter",
+    "find_submodule",
+]
+
+
+def find_submodule(layer: nn.Module, names: tuple[str, ...], what: str) -> nn.Module:
+    """The first of ``names`` (dotted paths) that exists under ``layer``.
+
+    Raises :class:`bt_core.UnsupportedModelError` naming the layer class, what was looked for and
+    every name tried, so a transformers release that renamed the weights fails loudly, not silently.
+    """
+    for name in names:
+        try:
+            return layer.get_submodule(name)
+        except AttributeError:
+            continue
+    children = ", ".join(name for name, _ in layer.named_children()) or "none"
+    raise UnsupportedModelError(
+        f"{type(layer).__name__}: cannot find its {what}; tried {', '.join(repr(n) for n in names)} "
+        f"(the layer's children are: {children}). The installed transformers may have renamed this "
+        "layer's weights: upgrade bt-plugins-vision, or install a transformers release it supports."
+    )
+
+
+def _own_config(layer: nn.Module, config: Any) -> Any:
+    """The config the layer was built from: the one its submodules keep, else the model's."""
+    for module in layer.modules():
+        own = module.__dict__.get("config")
+        if own is not None and hasattr(own, "hidden_act"):
+            return own
+    return config
+
+
+def _num_heads(layer: nn.Module, config: Any) -> int:
+    for module in layer.modules():
+        for attr in ("num_attention_heads", "num_heads"):
+            value = module.__dict__.get(attr)
+            if isinstance(value, int):
+                return value
+    return int(_own_config(layer, config).num_attention_heads)
+
+
+def _activation(layer: nn.Module, config: Any) -> str:
+    act = getattr(_own_config(layer, config), "hidden_act", None)
+    if not isinstance(act, str):
+        raise UnsupportedModelError(
+            f"{type(layer).__name__}: config.hidden_act is {act!r}, not the name of an activation; bt "
+            "converts only named activations (e.g. 'gelu', 'quick_gelu', 'gelu_pytorch_tanh'). Set "
+            "config.hidden_act to the activation's name."
+        )
+    return act
+
+
+def _dropout_p(module: nn.Module | None) -> float:
+    return float(module.p) if isinstance(module, nn.Dropout) else 0.0
+
+
+def _drop_path_rate(layer: nn.Module) -> float:
+    drop_path = getattr(layer, "drop_path", None)
+    if drop_path is None or isinstance(drop_path, nn.Identity):
+        return 0.0
+    return float(getattr(drop_path, "drop_prob", 0.0) or 0.0)
+
+
+class _PreNormAdapter(BetterTransformerBaseLayer):
+    """A pre-norm ViT-style layer: q/k/v/out linears, two-linear MLP, two layer norms."""
+
+    #: Candidate paths of each piece, newest transformers layout first.
+    Q: tuple[str, ...] = ("attention.q_proj", "attention.attention.query")
+    K: tuple[str, ...] = ("attention.k_proj", "attention.attention.key")
+    V: tuple[str, ...] = ("attention.v_proj", "attention.attention.value")
+    OUT: tuple[str, ...] = ("attention.o_proj", "attention.output.dense")
+    FC1: tuple[str, ...] = ("mlp.fc1", "intermediate.dense")
+    FC2: tuple[str, ...] = ("mlp.fc2", "output.dense")
+    NORM1: tuple[str, ...] = ("layernorm_before", "norm1")
+    NORM2: tuple[str, ...] = ("layernorm_after", "norm2")
+
+    def __init__(self, layer: nn.Module, config: Any) -> None:
+        super().__init__(layer, config)
+        q = find_submodule(layer, self.Q, "query projection")
+        k = find_submodule(layer, self.K, "key projection")
+        v = find_submodule(layer, self.V, "value projection")
+        out = find_submodule(layer, self.OUT, "attention output projection")
+        fc1 = find_submodule(layer, self.FC1, "first feed-forward linear")
+        fc2 = find_submodule(layer, self.FC2, "second feed-forward linear")
+        norm1 = find_submodule(layer, self.NORM1, "layer norm before attention")
+        norm2 = find_submodule(layer, self.NORM2, "layer norm before the feed-forward")
+
+        self.embed_dim = int(norm1.normalized_shape[0])
+        self.num_heads = _num_heads(layer, config)
+        self.activation = _activation(layer, config)
+        self.norm_first = True
+
+        self.in_proj_weight = self.fuse(q.weight, k.weight, v.weight)
+        self.in_proj_bias = self._fused_bias(q, k, v)
+        out_w, out_b, lin2_w, lin2_b = out.weight, self._bias(out), fc2.weight, self._bias(fc2)
+        scale1, scale2 = self.layer_scales(layer)
+        self.out_proj_weight, self.out_proj_bias = self._scaled(out_w, out_b, scale1)
+        self.linear1_weight, self.linear1_bias = fc1.weight, self._bias(fc1)
+        self.linear2_weight, self.linear2_bias = self._scaled(lin2_w, lin2_b, scale2)
+        self.norm1_weight, self.norm1_bias, self.norm1_eps = norm1.weight, norm1.bias, norm1.eps
+        self.norm2_weight, self.norm2_bias, self.norm2_eps = norm2.weight, norm2.bias, norm2.eps
+
+        own = _own_config(layer, config)
+        self.attention_dropout = float(getattr(own, "attention_probs_dropout_prob", 0.0) or 0.0)
+        self.hidden_dropout = self.residual_dropout(layer, own)
+        #: Why training mode cannot be computed exactly (None when it can).
+        self.training_blocker = self.find_training_blocker(layer, own)
+
+    # -- pieces subclasses refine -------------------------------------------------------------------
+
+    def layer_scales(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+        """Per-channel scales applied to the attention and feed-forward outputs (None: none)."""
+        return None, None
+
+    def residual_dropout(self, layer: nn.Module, own_config: Any) -> float:
+        """The dropout on each branch output before the residual add."""
+        return float(getattr(own_config, "hidden_dropout_prob", 0.0) or 0.0)
+
+    def find_training_blocker(self, layer: nn.Module, own_config: Any) -> str | None:
+        rate = _drop_path_rate(layer)
+        if rate > 0.0:
+            return (
+                f"its stochastic depth (drop_path_rate={rate}) drops whole residual branches in training "
+                "mode, which the fused layer does not do; set config.drop_path_rate=0.0 before building the "
+                "model, or train the unconverted model (BetterTransformer.reverse(model))"
+            )
+        return None
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _bias(self, linear: nn.Module) -> nn.Parameter:
+        if linear.bias is not None:
+            return linear.bias
+        return self.zeros(linear.weight.shape[0], like=linear.weight)
+
+    def _fused_bias(self, q: nn.Module, k: nn.Module, v: nn.Module) -> nn.Parameter:
+        if q.bias is None and k.bias is None and v.bias is None:  # qkv_bias=False
+            return self.zeros(q.weight.shape[0] + k.weight.shape[0] + v.weight.shape[0], like=q.weight)
+        parts = [m.bias if m.bias is not None else self.zeros(m.weight.shape[0], like=m.weight) for m in (q, k, v)]
+        return self.fuse(*parts)
+
+    def _scaled(
+        self, weight: nn.Parameter, bias: nn.Parameter, scale: Tensor | None
+    ) -> tuple[nn.Parameter, nn.Parameter]:
+        """``scale * (W x + b)`` folded into one linear: rows of W and b scaled (exact for pre-norm)."""
+        if scale is None:
+            return weight, bias
+        with torch.no_grad():
+            folded_w = weight * scale.detach()[:, None]
+            folded_b = bias * scale.detach()
+        return self.derive(folded_w, weight, scale), self.derive(folded_b, bias, scale)
+
+    # -- running ------------------------------------------------------------------------------------
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.training and self.training_blocker:
+            raise UnsupportedModelError(
+                f"{type(self).__name__} (converting {self.bt_layer_name}) cannot run in training mode: "
+                f"{self.training_blocker}."
+            )
+        return super().forward(hidden_states, *args, **kwargs)
+
+
+class ViTLayerAdapter(_PreNormAdapter):
+    """``ViTLayer``, ``DeiTLayer``, ``ViTMAELayer`` (encoder and decoder), ``ViTMSNLayer``."""
+
+
+class YolosLayerAdapter(_PreNormAdapter):
+    """``YolosLayer``; the mid-position embeddings are added by the encoder between layers, untouched."""
+
+
+class Dinov2LayerAdapter(_PreNormAdapter):
+    """``Dinov2Layer``: LayerScale folded into the output projections; SwiGLU refused."""
+
+    def __init__(self, layer: nn.Module, config: Any) -> None:
+        own = _own_config(layer, config)
+        swiglu = bool(getattr(own, "use_swiglu_ffn", False)) or not hasattr(getattr(layer, "mlp", None), "fc1")
+        if swiglu:
+            raise UnsupportedModelError(
+                f"{type(layer).__name__}: config.use_swiglu_ffn=True gives this layer a SwiGLU feed-forward "
+                "(silu(x W_gate) * (x W_up)), a gated product the fused kernel's two-linear MLP cannot "
+                "compute; only DINOv2 models with use_swiglu_ffn=False (ViT-S/B/L) can be converted. Run "
+                "this model unconverted."
+            )
+        super().__init__(layer, config)
+
+    def layer_scales(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+        return layer.layer_scale1.lambda1, layer.layer_scale2.lambda1
+
+    def residual_dropout(self, layer: nn.Module, own_config: Any) -> float:
+        # transformers >= 5.2x: no dropout on the branches; older: only after the attention output.
+        return 0.0
+
+    def find_training_blocker(self, layer: nn.Module, own_config: Any) -> str | None:
+        blocker = super().find_training_blocker(layer, own_config)
+        if blocker:
+            return blocker
+        if any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules()):
+            return (
+                "this transformers release applies hidden dropout to the attention branch only, which the "
+                "fused layer does not mirror; set config.hidden_dropout_prob=0.0 for training"
+            )
+        return None
+
+
+class _BeitLike(_PreNormAdapter):
+    """BEiT-style layers: layer-scale lambdas folded; the relative position bias refused."""
+
+    def __init__(self, layer: nn.Module, config: Any) -> None:
+        own = _own_config(layer, config)
+        for field in ("use_relative_position_bias", "use_shared_relative_position_bias"):
+            if getattr(own, field, False) or getattr(config, field, False):
+                raise UnsupportedModelError(
+                    f"{type(layer).__name__}: config.{field}=True adds a learned relative position bias to "
+                    "every attention score, which the fused attention cannot take; only models with "
+                    "use_relative_position_bias=False and use_shared_relative_position_bias=False can be "
+                    "converted. Run this model unconverted."
+                )
+        has_bias = getattr(layer, "relative_position_bias", None) is not None or getattr(
+            find_submodule(layer, ("attention.attention", "attention"), "attention"), "has_relative_position_bias", False
+        )
+        if has_bias:
+            raise UnsupportedModelError(
+                f"{type(layer).__name__}: the layer holds a relative position bias, which the fused attention "
+                "cannot take; run this model unconverted."
+            )
+        super().__init__(layer, config)
+
+    def layer_scales(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
+        lambda_1, lambda_2 = getattr(layer, "lambda_1", None), getattr(layer, "lambda_2", None)
+        if not isinstance(lambda_1, Tensor) or not isinstance(lambda_2, Tensor):
+            return None, None  # layer_scale_init_value <= 0: a plain 1.0 or None, nothing to fold
+        return lambda_1, lambda_2
+
+
+class BeitLayerAdapter(_BeitLike):
+    """``BeitLayer`` without relative position bias."""
+
+
+class Data2VecVisionLayerAdapter(_BeitLike):
+    """``Data2VecVisionLayer``: called with ``output_attentions``, returns a tuple; no mask."""
+
+    returns_tuple = True
+
+    def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+        output_attentions = args[0] if args else kwargs.get("output_attentions", False)
+        bias = args[1] if len(args) > 1 else kwargs.get("relative_position_bias")
+        if bias is not None:
+            raise UnsupportedModelError(
+                f"{type(self).__name__}: the encoder passed a relative position bias; models with "
+                "use_shared_relative_position_bias=True cannot be converted."
+            )
+        return LayerCall(hidden_states=hidden_states, output_attentions=bool(output_attentions))
+
+
+class ViltLayerAdapter(_PreNormAdapter):
+    """``ViltLayer``: text and image tokens in one sequence, padding in the middle (packed strategy)."""
+
+    returns_tuple = True
+
+    def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+        mask = args[0] if args else kwargs.get("attention_mask")
+        output_attentions = args[1] if len(args) > 1 else kwargs.get("output_attentions", False)
+        return LayerCall(hidden_states=hidden_states, attention_mask=mask, output_attentions=bool(output_attentions))
+
+
+class _ClipStyle(_PreNormAdapter):
+    """``CLIPEncoderLayer``/``SiglipEncoderLayer``: ``self_attn.{q,k,v,out}_proj``, ``layer_norm{1,2}``."""
+
+    Q = ("self_attn.q_proj",)
+    K = ("self_attn.k_proj",)
+    V = ("self_attn.v_proj",)
+    OUT = ("self_attn.out_proj",)
+    FC1 = ("mlp.fc1",)
+    FC2 = ("mlp.fc2",)
+    NORM1 = ("layer_norm1",)
+    NORM2 = ("layer_norm2",)
+
+    def __init__(self, layer: nn.Module, config: Any) -> None:
+        super().__init__(layer, config)
+        self.attention_dropout = float(getattr(layer.self_attn, "dropout", 0.0) or 0.0)
+
+    def residual_dropout(self, layer: nn.Module, own_config: Any) -> float:
+        return 0.0  # CLIP and SigLIP layers drop out attention probabilities only
+
+
+class ClipLayerAdapter(_ClipStyle):
+    """CLIP's vision and text towers. The text tower is causal: transformers may pass no mask and
+    ``is_causal=True`` (SDPA), so the causal mask is built here and the layer runs it whole."""
+
+    def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+        call = super().parse_call(hidden_states, args, kwargs)
+        if kwargs.get("is_causal") and not hidden_states.is_nested:
+            seq_len = hidden_states.shape[1]
+            causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=hidden_states.device).tril()
+            mask = call.attention_mask
+            if mask is None:
+                call.attention_mask = causal[None, None]
+            elif mask.dim() == 2:  # a padding mask: add the causal part transformers left to the kernel
+                keep = mask.bool() if mask.dtype == torch.bool or not mask.is_floating_point() else mask > 0.5
+                call.attention_mask = causal[None, None] & keep[:, None, None, :]
+        return call
+
+
+class SiglipLayerAdapter(_ClipStyle):
+    """SigLIP's towers. SigLIP's text pooler reads the *last* position, which is padding in a padded
+    batch, so padded positions must be computed as the original does: with a padding mask the layer
+    runs the ``dense`` strategy (every position, mask applied whole) instead of dropping padding."""
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        call = self.parse_call(hidden_states, args, kwargs)
+        if call.attention_mask is not None and not hidden_states.is_nested and self.forward_checker(call) is None:
+            with force_strategy("dense"):
+                return super().forward(hidden_states, *args, **kwargs)
+        return super().forward(hidden_states, *args, **kwargs)
