@@ -1,0 +1,57 @@
+"""The conformance kit for bt adapters: one pytest class every plugin runs over its own mappings.
+
+In a plugin's test suite::
+
+    from bt_core.testing import AdapterConformance
+
+    import my_package.bt_plugin
+
+
+    class TestMyPlugin(AdapterConformance):
+        plugin = my_package.bt_plugin
+
+pytest collects the subclass and runs every check once per :class:`bt_core.LayerMapping` the plugin
+registers (see :class:`AdapterConformance` for the list). The kit needs pytest; importing
+``bt_core.testing`` itself stays cheap, and the pytest-free helpers that build example models and
+compare outputs live in :mod:`bt_core.testing.examples` (``bt check`` uses them).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._kit import AdapterConformance
+    from .examples import (
+        ExampleError,
+        OutputDiff,
+        build_example_model,
+        compare_outputs,
+        default_inputs,
+        example_inputs,
+        new_example_config,
+        zero_dropout,
+    )
+
+__all__ = [
+    "AdapterConformance",
+    "ExampleError",
+    "OutputDiff",
+    "build_example_model",
+    "compare_outputs",
+    "default_inputs",
+    "example_inputs",
+    "new_example_config",
+    "zero_dropout",
+]
+
+_LAZY = {"AdapterConformance": "._kit", **{name: ".examples" for name in __all__ if name != "AdapterConformance"}}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'bt_core.testing' has no attribute {name!r}")
