@@ -147,8 +147,14 @@ class PluginRegistry:
             )
         try:
             self.manager.register(plugin, name=info.name)
+            # A misspelt hook would otherwise be ignored silently.
+            self.manager.check_pending()
         except pluggy.PluginValidationError as exc:
-            raise PluginLoadError(f"plugin {info.name!r} does not fit the bt hookspecs: {exc}") from exc
+            if self.manager.has_plugin(info.name):
+                self.manager.unregister(name=info.name)
+            raise PluginLoadError(
+                f"plugin {info.name!r} does not fit the bt hookspecs: {exc}. Hooks are named in bt_core.hookspecs."
+            ) from exc
         self._plugins[info.name] = info
         self._collected = None
 
