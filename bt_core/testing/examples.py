@@ -53,8 +53,8 @@ def new_example_config(mapping: LayerMapping) -> Any:
         config = mapping.example_config()
     except Exception as exc:
         raise ExampleError(
-            f"model type {mapping.model_type!r}: example_config() raised {type(exc).__name__}: {exc}"
-        ) from exc
+            f"model type {mapping.model_type!r}: example_config() raised {type(exc).__name__}: {_short(exc)}"
+        ) from None
     found = getattr(config, "model_type", None)
     if found is not None and found != mapping.model_type and not _has_sub_config_of_type(config, mapping.model_type):
         raise ExampleError(
@@ -111,19 +111,31 @@ def build_example_model(
     try:
         model_class = mapping.load_example_model_class()
     except Exception as exc:
-        raise ExampleError(f"model type {mapping.model_type!r}: {exc}") from exc
+        raise ExampleError(f"model type {mapping.model_type!r}: {_short(exc, 400)}") from None
     torch.manual_seed(seed)
     try:
         build = getattr(model_class, "from_config", None)
         model = build(config) if build is not None else model_class(config)
     except Exception as exc:
+        hint = ""
+        guess = type(config).__name__.replace("Config", "Model")
+        if "Unrecognized configuration class" in str(exc):
+            import transformers
+
+            example = f"'transformers:{guess}'" if hasattr(transformers, guess) else "'package.module:ModelClass'"
+            hint = f" Set the mapping's example_model_class to the model class for this config, e.g. {example}."
         raise ExampleError(
             f"model type {mapping.model_type!r}: {getattr(model_class, '__name__', model_class)} could not be built "
-            f"from the example config: {type(exc).__name__}: {exc}"
-        ) from exc
+            f"from the example config: {type(exc).__name__}: {_short(exc)}.{hint}"
+        ) from None
     model = model.float().eval()
     perturb_parameters(model, perturb, seed + 1)
     return model, config
+
+
+def _short(exc: BaseException, limit: int = 240) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _image_size(value: Any) -> tuple[int, int]:
@@ -178,8 +190,8 @@ def example_inputs(mapping: LayerMapping | None, config: Any, batch_size: int = 
             return dict(mapping.example_inputs(config, batch_size))
         except Exception as exc:
             raise ExampleError(
-                f"model type {mapping.model_type!r}: example_inputs() raised {type(exc).__name__}: {exc}"
-            ) from exc
+                f"model type {mapping.model_type!r}: example_inputs() raised {type(exc).__name__}: {_short(exc)}"
+            ) from None
     try:
         return default_inputs(config, batch_size, seed=seed)
     except ExampleError as exc:
@@ -258,8 +270,9 @@ def compare_outputs(expected: Any, actual: Any, attention_mask: Tensor | None = 
             continue
         diff = (got.detach().double() - want.detach().double()).abs()
         compared = "all"
-        if keep is not None and want.dim() >= 2 and tuple(want.shape[:2]) == tuple(keep.shape):
-            mask = keep.to(diff.device).reshape(*keep.shape, *([1] * (want.dim() - 2)))
+        token_keep = _token_keep(keep, want)
+        if token_keep is not None:
+            mask = token_keep.to(diff.device).reshape(*token_keep.shape, *([1] * (want.dim() - 2)))
             diff = torch.where(mask, diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
             compared = "valid tokens"
         if diff.numel() == 0:
@@ -275,6 +288,18 @@ def compare_outputs(expected: Any, actual: Any, attention_mask: Tensor | None = 
         index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
         diffs.append(OutputDiff(name, float(diff.reshape(-1)[flat]), compared, index))
     return diffs
+
+
+def _token_keep(keep: Tensor | None, output: Tensor) -> Tensor | None:
+    """The positions of ``output`` to compare: the mask's valid tokens for a ``(batch, seq_len, ...)`` output;
+    for an output longer than the mask (text tokens followed by image patches, as in ViLT) also every
+    position past the mask. None when the output is not per token."""
+    if keep is None or output.dim() < 2 or output.shape[0] != keep.shape[0] or output.shape[1] < keep.shape[1]:
+        return None
+    extra = output.shape[1] - keep.shape[1]
+    if extra == 0:
+        return keep
+    return torch.cat([keep, keep.new_ones(keep.shape[0], extra)], dim=1)
 
 
 def format_diffs(diffs: list[OutputDiff], atol: float) -> str:

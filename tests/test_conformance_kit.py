@@ -1,0 +1,247 @@
+"""The in-repo packs pass the conformance kit, and the kit fails on adapters that are wrong.
+
+A kit that cannot fail is worthless: the second half breaks a correct BERT adapter in the ways
+adapters really go wrong (swapped norms, a forgotten bias, q and k swapped, weights changed in
+place, a wrong layer class) and checks that the kit's failure names the model type and the
+difference.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import warnings
+from typing import Any
+
+import pytest
+import torch
+from transformers import BertConfig
+
+import bt_plugins_encoders.plugin as encoders_plugin
+import bt_plugins_vision.plugin as vision_plugin
+from bt_core import LayerMapping, hookimpl
+from bt_core.registry import set_default_registry
+from bt_core.testing import AdapterConformance
+from bt_plugins_encoders.adapters import BertLayerAdapter
+
+pytest_plugins = ["pytester"]
+
+
+# -- the in-repo packs ---------------------------------------------------------------------------
+
+
+class TestEncodersPack(AdapterConformance):
+    plugin = encoders_plugin
+    plugin_name = "encoders"
+
+
+class TestVisionPack(AdapterConformance):
+    plugin = vision_plugin
+    plugin_name = "vision"
+
+
+# -- adapters broken on purpose ------------------------------------------------------------------
+
+
+def tiny_bert() -> BertConfig:
+    return BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99,
+        max_position_embeddings=64,
+    )
+
+
+class SwappedNorms(BertLayerAdapter):
+    def __init__(self, layer: Any, config: Any) -> None:
+        super().__init__(layer, config)
+        self.norm1_weight, self.norm2_weight = self.norm2_weight, self.norm1_weight
+        self.norm1_bias, self.norm2_bias = self.norm2_bias, self.norm1_bias
+
+
+class ForgottenBias(BertLayerAdapter):
+    def __init__(self, layer: Any, config: Any) -> None:
+        super().__init__(layer, config)
+        self.out_proj_bias = self.zeros(self.embed_dim, like=self.out_proj_weight)
+
+
+class SwappedQueryKey(BertLayerAdapter):
+    def __init__(self, layer: Any, config: Any) -> None:
+        super().__init__(layer, config)
+        attention = layer.attention.self
+        self.in_proj_weight = self.fuse(attention.key.weight, attention.query.weight, attention.value.weight)
+
+
+class ChangesWeightsInPlace(BertLayerAdapter):
+    """Folds a scale into the original parameter in place instead of with ``self.derive``."""
+
+    def __init__(self, layer: Any, config: Any) -> None:
+        with torch.no_grad():
+            layer.output.dense.weight.mul_(1.5)
+        super().__init__(layer, config)
+
+
+class WrongActivation(BertLayerAdapter):
+    def __init__(self, layer: Any, config: Any) -> None:
+        super().__init__(layer, config)
+        self.activation = "relu"
+
+
+class BertPlugin:
+    """A plugin mapping tiny BERT to ``adapter``, optionally under a wrong layer class name."""
+
+    def __init__(self, adapter: type, layer_class_name: str = "BertLayer") -> None:
+        self.adapter = adapter
+        self.layer_class_name = layer_class_name
+
+    @hookimpl
+    def bt_plugin_api_version(self) -> str:
+        return "1.0"
+
+    @hookimpl
+    def bt_register_layers(self) -> list[LayerMapping]:
+        return [LayerMapping("bert", self.layer_class_name, self.adapter, example_config=tiny_bert)]
+
+
+def run_check(adapter: type, check: str, layer_class_name: str = "BertLayer") -> None:
+    """Run one kit check on a BERT plugin using ``adapter``, as pytest would."""
+
+    class Kit(AdapterConformance):
+        plugin = BertPlugin(adapter, layer_class_name)
+        plugin_name = f"bert-{adapter.__name__}"
+
+    kit = Kit()
+    (mapping,) = Kit._bt_mappings()
+    registry = Kit._bt_new_registry()
+    previous = set_default_registry(registry)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*taking the reference path.*")
+            method = getattr(kit, check)
+            if "_bt_registry" in method.__code__.co_varnames:
+                method(mapping, registry)
+            else:
+                method(mapping)
+    finally:
+        set_default_registry(previous)
+
+
+INFERENCE_CHECKS = [
+    "test_unpadded_batch_matches",
+    "test_padded_batch_matches",
+    "test_fused_kernel_matches",
+    "test_reference_path_matches_with_gradients",
+]
+
+
+@pytest.mark.parametrize("check", [*INFERENCE_CHECKS, "test_reverse_is_bit_identical", "test_converts_and_validates"])
+def test_a_correct_adapter_passes(check: str) -> None:
+    run_check(BertLayerAdapter, check)  # the control: the breakages below are the only difference
+
+
+@pytest.mark.parametrize("adapter", [SwappedNorms, ForgottenBias, SwappedQueryKey, ChangesWeightsInPlace])
+@pytest.mark.parametrize("check", INFERENCE_CHECKS)
+def test_kit_catches_a_wrong_adapter(adapter: type, check: str) -> None:
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_check(adapter, check)
+    message = str(failure.value)
+    assert "model type 'bert'" in message
+    assert "max abs diff" in message
+    assert adapter.__name__ in message  # names the adapter under test
+
+
+def test_kit_catches_an_activation_the_layer_does_not_use() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"max abs diff"):
+        run_check(WrongActivation, "test_padded_batch_matches")
+
+
+def test_kit_catches_weights_changed_in_place_on_reverse() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"output\.dense\.weight is not bit-identical"):
+        run_check(ChangesWeightsInPlace, "test_reverse_is_bit_identical")
+
+
+def test_kit_catches_a_wrong_layer_class_name() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"no module of class 'BertLayr'.*BertLayer"):
+        run_check(BertLayerAdapter, "test_layer_class_is_in_the_example_model", layer_class_name="BertLayr")
+
+
+# -- the kit as plugin authors use it: a subclass in their own test module --------------------------
+
+PLUGIN_SOURCE = '''
+from transformers import BertConfig
+from bt_core import LayerMapping, hookimpl
+
+ADAPTER = "bt_plugins_encoders.adapters:BertLayerAdapter"
+
+
+def tiny():
+    return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99)
+
+
+class Good:
+    @hookimpl
+    def bt_plugin_api_version(self):
+        return "1.0"
+
+    @hookimpl
+    def bt_register_layers(self):
+        return [LayerMapping("bert", "BertLayer", ADAPTER, example_config=tiny)]
+
+
+class NoExample(Good):
+    @hookimpl
+    def bt_register_layers(self):
+        return [LayerMapping("bert", "BertLayer", ADAPTER)]
+
+
+class Empty(Good):
+    @hookimpl
+    def bt_register_layers(self):
+        return []
+
+
+class Undeclared:
+    @hookimpl
+    def bt_register_layers(self):
+        return [LayerMapping("bert", "BertLayer", ADAPTER, example_config=tiny)]
+'''
+
+
+def run_kit_on(pytester: pytest.Pytester, plugin_class: str) -> pytest.RunResult:
+    pytester.makepyfile(kit_plugins=PLUGIN_SOURCE)
+    pytester.makepyfile(
+        test_plugin=textwrap.dedent(
+            f"""
+            import kit_plugins
+            from bt_core.testing import AdapterConformance
+
+            class TestPlugin(AdapterConformance):
+                plugin = kit_plugins.{plugin_class}()
+                plugin_name = "kit-{plugin_class.lower()}"
+            """
+        )
+    )
+    pytester.syspathinsert()
+    return pytester.runpytest_inprocess("-q", "-p", "no:cacheprovider", "-rA")
+
+
+def test_a_subclass_is_collected_once_per_mapping(pytester: pytest.Pytester) -> None:
+    result = run_kit_on(pytester, "Good")
+    result.assert_outcomes(passed=10)
+    result.stdout.fnmatch_lines(["*test_padded_batch_matches?bert?*"])
+
+
+def test_a_mapping_without_example_config_fails_loudly(pytester: pytest.Pytester) -> None:
+    result = run_kit_on(pytester, "NoExample")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed", 0) >= 8 and not outcomes.get("skipped")
+    result.stdout.fnmatch_lines(["*has no example_config*Add `example_config=`*"])
+
+
+def test_a_plugin_without_mappings_fails(pytester: pytest.Pytester) -> None:
+    result = run_kit_on(pytester, "Empty")
+    assert result.parseoutcomes().get("failed", 0) >= 8
+    result.stdout.fnmatch_lines(["*registers no layer mappings*"])
+
+
+def test_a_plugin_without_api_declaration_fails(pytester: pytest.Pytester) -> None:
+    result = run_kit_on(pytester, "Undeclared")
+    assert result.parseoutcomes().get("failed", 0) >= 1
+    result.stdout.fnmatch_lines(["*does not declare the plugin API*bt_plugin_api_version*"])
