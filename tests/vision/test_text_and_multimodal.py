@@ -1,0 +1,196 @@
+"""Towers that see text: CLIP's causal text encoder, SigLIP's padded text, ViLT's joint sequence whose
+padding sits in the middle. Outputs equal the original's on every token the model reads."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+import bt_plugins_vision.plugin as vision_plugin
+from bt_core import BetterTransformer, BetterTransformerError, force_strategy
+
+from .conftest import assert_close, build, clone_state, convert, converted_layers, run, state_dicts_identical
+
+ATTENTION = ["sdpa", "eager"]
+
+
+def _clip_text(attn: str, **overrides: Any) -> torch.nn.Module:
+    return build(vision_plugin.clip_text_config, "CLIPTextModel", _attn_implementation=attn, **overrides)
+
+
+# -- CLIP: the text tower is causal ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+def test_clip_text_padded_batch_matches_original_on_valid_tokens(attn: str) -> None:
+    model = _clip_text(attn)
+    inputs = vision_plugin.padded_text(3)
+    keep = inputs["attention_mask"].bool()
+    assert not keep.all()
+    expected = run(model, inputs)
+
+    convert(model)
+    actual = run(model, inputs)
+
+    assert_close(actual.last_hidden_state, expected.last_hidden_state, keep)
+    assert_close(actual.pooler_output, expected.pooler_output)
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+def test_clip_text_without_mask_stays_causal(attn: str) -> None:
+    """With no padding transformers may pass no mask at all and ``is_causal=True``: the converted
+    layer must still attend causally, not to the whole sequence."""
+    model = _clip_text(attn)
+    inputs = {"input_ids": vision_plugin.padded_text(3)["input_ids"][:, :6]}
+    expected = run(model, inputs)
+    convert(model)
+    assert_close(run(model, inputs).last_hidden_state, expected.last_hidden_state)
+
+    # A later token must not change an earlier one's output.
+    changed = inputs["input_ids"].clone()
+    changed[:, -1] = 3
+    assert_close(run(model, {"input_ids": changed}).last_hidden_state[:, :-1], expected.last_hidden_state[:, :-1])
+
+
+@pytest.mark.parametrize("strategy", ["packed", "dense", "reference"])
+def test_clip_text_forced_strategies_keep_the_causal_mask(strategy: str) -> None:
+    model = _clip_text("sdpa")
+    inputs = vision_plugin.padded_text(3)
+    keep = inputs["attention_mask"].bool()
+    expected = run(model, inputs).last_hidden_state
+    convert(model)
+    with force_strategy(strategy):
+        assert_close(run(model, inputs).last_hidden_state, expected, keep)
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+def test_clip_text_causal_mask_is_never_taken_for_padding_by_the_fused_kernel(attn: str) -> None:
+    model = _clip_text(attn, hidden_act="gelu")  # an activation the kernel computes, to reach the mask check
+    inputs = vision_plugin.padded_text(3)
+    convert(model)
+    with force_strategy("fused"), pytest.raises(BetterTransformerError, match="more than key padding"):
+        run(model, inputs)
+
+
+def test_clip_model_features_and_logits_match_original() -> None:
+    model = build(vision_plugin.clip_config, "CLIPModel")
+    config = model.config
+    inputs = vision_plugin.text_and_image_inputs(config, 3)
+    text = {k: inputs[k] for k in ("input_ids", "attention_mask")}
+    pixels = {"pixel_values": inputs["pixel_values"]}
+    before = clone_state(model)
+    expected = run(model, inputs)
+    expected_image = run(model, pixels, model.get_image_features).pooler_output
+    expected_text = run(model, text, model.get_text_features).pooler_output
+
+    convert(model)
+    assert len(converted_layers(model)) == config.text_config.num_hidden_layers + config.vision_config.num_hidden_layers
+    actual = run(model, inputs)
+    for name in ("logits_per_image", "logits_per_text", "text_embeds", "image_embeds"):
+        assert_close(getattr(actual, name), getattr(expected, name))
+    assert_close(run(model, pixels, model.get_image_features).pooler_output, expected_image)
+    assert_close(run(model, text, model.get_text_features).pooler_output, expected_text)
+
+    BetterTransformer.reverse(model)
+    state_dicts_identical(before, model.state_dict())
+
+
+def test_clip_layers_declare_quick_gelu_and_take_ordinary_ops() -> None:
+    model = convert(build(vision_plugin.clip_config, "CLIPModel"))
+    for layer in converted_layers(model):
+        assert layer.activation == "quick_gelu"
+        assert not layer.kernel_computes_activation
+
+
+# -- SigLIP: padded text whose pooler reads the last (padding) position ------------------------------
+
+
+@pytest.mark.parametrize("attn", ATTENTION)
+def test_siglip_text_padded_batch_matches_original_everywhere_the_pooler_reads(attn: str) -> None:
+    model = build(vision_plugin.siglip_text_config, "SiglipTextModel", _attn_implementation=attn)
+    inputs = vision_plugin.padded_text(3)
+    assert not inputs["attention_mask"][:, -1].all()  # the pooled last position is padding in some rows
+    expected = run(model, inputs)
+
+    convert(model)
+    actual = run(model, inputs)
+
+    assert_close(actual.pooler_output, expected.pooler_output)
+    assert_close(actual.last_hidden_state, expected.last_hidden_state)
+    for layer in converted_layers(model):
+        assert layer.activation == "gelu_pytorch_tanh"
+
+
+def test_siglip_model_logits_match_original() -> None:
+    model = build(vision_plugin.siglip_config, "SiglipModel")
+    inputs = vision_plugin.text_and_image_inputs(model.config, 3)
+    expected = run(model, inputs)
+    convert(model)
+    actual = run(model, inputs)
+    for name in ("logits_per_image", "text_embeds", "image_embeds"):
+        assert_close(getattr(actual, name), getattr(expected, name))
+
+
+# -- ViLT: text padding in the middle of the joint sequence --------------------------------------------
+
+
+def _vilt_inputs(model: torch.nn.Module, pixels: bool) -> tuple[dict[str, Any], torch.Tensor]:
+    config = model.config
+    inputs = vision_plugin.vilt_inputs(config, 3)
+    if pixels:  # ViLT samples patches at random: run() seeds both runs alike
+        inputs.pop("image_embeds")
+        inputs.pop("pixel_mask")
+        inputs["pixel_values"] = vision_plugin.pixels(config, 3)
+    num_patches = (config.image_size // config.patch_size) ** 2
+    image_keep = torch.ones(3, num_patches + (1 if pixels else 0), dtype=torch.bool)
+    keep = torch.cat([inputs["attention_mask"].bool(), image_keep], dim=1)
+    return inputs, keep
+
+
+@pytest.mark.parametrize("pixels", [True, False], ids=["pixel_values", "image_embeds"])
+def test_vilt_padded_text_matches_original_on_valid_tokens(pixels: bool) -> None:
+    model = build(vision_plugin.vilt_config, "ViltModel")
+    inputs, keep = _vilt_inputs(model, pixels)
+    assert not keep.all() and keep[:, -1].all()  # padding in the middle, real image tokens after it
+    expected = run(model, inputs)
+
+    convert(model)
+    actual = run(model, inputs)
+
+    assert_close(actual.last_hidden_state, expected.last_hidden_state, keep)
+    assert_close(actual.pooler_output, expected.pooler_output)
+
+
+@pytest.mark.parametrize("strategy", ["packed", "dense", "reference"])
+def test_vilt_forced_strategies_match_original_on_valid_tokens(strategy: str) -> None:
+    model = build(vision_plugin.vilt_config, "ViltModel")
+    inputs, keep = _vilt_inputs(model, pixels=False)
+    expected = run(model, inputs).last_hidden_state
+    convert(model)
+    with force_strategy(strategy):
+        assert_close(run(model, inputs).last_hidden_state, expected, keep)
+
+
+def test_vilt_mid_sequence_padding_cannot_be_forced_onto_the_nested_kernel() -> None:
+    model = convert(build(vision_plugin.vilt_config, "ViltModel"))
+    inputs, _ = _vilt_inputs(model, pixels=False)
+    with force_strategy("fused"), pytest.raises(BetterTransformerError, match="not on the right"):
+        run(model, inputs)
+
+
+def test_vilt_attentions_and_question_answering_logits_match_original() -> None:
+    model = build(vision_plugin.vilt_config, "ViltForQuestionAnswering")
+    inputs, _ = _vilt_inputs(model, pixels=False)
+    inputs["output_attentions"] = True
+    before = clone_state(model)
+    expected = run(model, inputs)
+    convert(model)
+    actual = run(model, inputs)
+    assert_close(actual.logits, expected.logits)
+    assert len(actual.attentions) == len(expected.attentions) == model.config.num_hidden_layers
+    for a, e in zip(actual.attentions, expected.attentions):
+        assert_close(a, e)
+    BetterTransformer.reverse(model)
+    state_dicts_identical(before, model.state_dict())
