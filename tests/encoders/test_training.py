@@ -1,0 +1,76 @@
+"""The reference path: training mode and autograd give the original model's outputs and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bt_core.layer import FUSED_PARAMETERS
+
+from .conftest import CASES, Case, assert_close_on_valid, build, convert_copy, converted_layers, make_batch, zero_dropout_overrides
+
+# Fused attribute <- the adapter roles it is made of (``in_proj`` is q, k, v concatenated).
+ROLES = {
+    "in_proj": ("query", "key", "value"),
+    "out_proj": ("attention output",),
+    "linear1": ("feed-forward input",),
+    "linear2": ("feed-forward output",),
+    "norm1": ("first layer norm",),
+    "norm2": ("second layer norm",),
+}
+
+
+def _loss(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # A fixed random projection: a plain sum of layer-norm outputs has (almost) no gradient.
+    weights = torch.randn(hidden.shape[-1], generator=torch.Generator().manual_seed(3))
+    return ((hidden @ weights) * mask).sum()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_train_mode_without_dropout_matches_original_and_gradients_reach_every_fused_parameter(case: Case) -> None:
+    original = build(case, **zero_dropout_overrides(case)).train()
+    converted = convert_copy(original)
+    assert converted.training and all(layer.training for _, layer in converted_layers(converted))
+    inputs = make_batch(original.config, "padded")
+    mask = inputs["attention_mask"]
+
+    expected = original(**inputs).last_hidden_state
+    actual = converted(**inputs).last_hidden_state
+    assert_close_on_valid(actual, expected, mask)
+
+    _loss(expected, mask).backward()
+    _loss(actual, mask).backward()
+
+    # Every fused parameter that requires grad gets the original's gradient (q/k/v concatenated).
+    for name, layer in converted_layers(converted):
+        original_layer = original.get_submodule(name)
+        for attr in FUSED_PARAMETERS:
+            param = getattr(layer, attr)
+            if not param.requires_grad:
+                continue
+            assert param.grad is not None, f"{name}.{attr} got no gradient"
+            assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, f"{name}.{attr}"
+            prefix, kind = attr.rsplit("_", 1)
+            parts = [
+                getattr(original_layer.get_submodule(type(layer).PATHS[role][0]), kind).grad
+                for role in ROLES[prefix]
+            ]
+            torch.testing.assert_close(param.grad, torch.cat(parts), atol=1e-5, rtol=1e-4, msg=f"{name}.{attr}")
+    # And the parameters outside the converted layers (embeddings, pooler) get the same gradients.
+    originals = dict(original.named_parameters())
+    for pname, param in converted.named_parameters():
+        if param.grad is not None and pname in originals:
+            torch.testing.assert_close(param.grad, originals[pname].grad, atol=1e-5, rtol=1e-4, msg=pname)
+
+
+def test_padding_is_honoured_on_the_reference_path() -> None:
+    """A padded row's valid outputs equal the same row run alone without padding."""
+    (bert,) = [c for c in CASES if c.id == "bert"]
+    converted = convert_copy(build(bert, **zero_dropout_overrides(bert)).train())
+    inputs = make_batch(converted.config, "padded")
+    length = int(inputs["attention_mask"][1].sum())
+    batched = converted(**inputs).last_hidden_state[1, :length]
+    alone = converted(
+        input_ids=inputs["input_ids"][1:2, :length], attention_mask=inputs["attention_mask"][1:2, :length]
+    ).last_hidden_state[0]
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
