@@ -9,6 +9,9 @@ from collections.abc import Sequence
 #: Subcommands: name -> "module:function" adding the subparser; each sets ``func`` on its parser.
 _SUBCOMMANDS = {
     "bench": "bt_core.bench:add_parser",
+    "list": "bt_core.ops:add_list_parser",
+    "doctor": "bt_core.ops:add_doctor_parser",
+    "check": "bt_core.ops:add_check_parser",
 }
 
 

@@ -293,12 +293,14 @@ def compare_outputs(expected: Any, actual: Any, attention_mask: Tensor | None = 
 def _token_keep(keep: Tensor | None, output: Tensor) -> Tensor | None:
     """The positions of ``output`` to compare: the mask's valid tokens for a ``(batch, seq_len, ...)`` output;
     for an output longer than the mask (text tokens followed by image patches, as in ViLT) also every
-    position past the mask. None when the output is not per token."""
+    position past the mask (3-D and larger outputs only). None when the output is not per token."""
     if keep is None or output.dim() < 2 or output.shape[0] != keep.shape[0] or output.shape[1] < keep.shape[1]:
         return None
     extra = output.shape[1] - keep.shape[1]
     if extra == 0:
         return keep
+    if output.dim() == 2:  # (batch, features), e.g. a pooled output: not per token
+        return None
     return torch.cat([keep, keep.new_ones(keep.shape[0], extra)], dim=1)
 
 
