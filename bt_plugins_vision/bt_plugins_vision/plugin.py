@@ -207,12 +207,17 @@ def bt_register_layers() -> list[LayerMapping]:
         ),
         LayerMapping("vilt", "ViltLayer", f"{_ADAPTERS}:ViltLayerAdapter", vilt_config, example_inputs=vilt_inputs),
         LayerMapping("clip", "CLIPEncoderLayer", clip, clip_config, example_inputs=text_and_image_inputs),
-        LayerMapping("clip_vision_model", "CLIPEncoderLayer", clip, clip_vision_config),
-        LayerMapping("clip_text_model", "CLIPEncoderLayer", clip, clip_text_config, example_inputs=text_inputs),
-        LayerMapping("siglip", "SiglipEncoderLayer", siglip, siglip_config, example_inputs=text_and_image_inputs),
-        LayerMapping("siglip_vision_model", "SiglipEncoderLayer", siglip, siglip_vision_config),
+        LayerMapping("clip_vision_model", "CLIPEncoderLayer", clip, clip_vision_config, "transformers:CLIPVisionModel"),
         LayerMapping(
-            "siglip_text_model", "SiglipEncoderLayer", siglip, siglip_text_config, example_inputs=text_inputs
+            "clip_text_model", "CLIPEncoderLayer", clip, clip_text_config, "transformers:CLIPTextModel", text_inputs
+        ),
+        LayerMapping("siglip", "SiglipEncoderLayer", siglip, siglip_config, example_inputs=text_and_image_inputs),
+        LayerMapping(
+            "siglip_vision_model", "SiglipEncoderLayer", siglip, siglip_vision_config, "transformers:SiglipVisionModel"
+        ),
+        LayerMapping(
+            "siglip_text_model", "SiglipEncoderLayer", siglip, siglip_text_config, "transformers:SiglipTextModel",
+            text_inputs,
         ),
     ]
 
