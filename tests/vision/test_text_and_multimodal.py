@@ -62,7 +62,12 @@ def test_clip_text_forced_strategies_keep_the_causal_mask(strategy: str) -> None
     expected = run(model, inputs).last_hidden_state
     convert(model)
     with force_strategy(strategy):
-        assert_close(run(model, inputs).last_hidden_state, expected, keep)
+        try:
+            actual = run(model, inputs).last_hidden_state
+        except BetterTransformerError as exc:  # refusing is fine; treating causal as padding is not
+            assert strategy == "packed" and "more than key padding" in str(exc)
+            return
+    assert_close(actual, expected, keep)
 
 
 @pytest.mark.parametrize("attn", ATTENTION)
