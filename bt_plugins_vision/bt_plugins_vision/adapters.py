@@ -289,6 +289,17 @@ class ViltLayerAdapter(_PreNormAdapter):
 
     returns_tuple = True
 
+    # ViltEncoder records ``output_hidden_states`` itself, between layers, where bt cannot see it: a
+    # packed or nested batch carried from layer to layer would land in the user's hidden states as a
+    # (tokens, hidden) matrix. So every ViLT layer hands back the padded batch, as a last layer does.
+    @property
+    def is_last_layer(self) -> bool:
+        return True
+
+    @is_last_layer.setter
+    def is_last_layer(self, value: bool) -> None:
+        pass
+
     def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         mask = args[0] if args else kwargs.get("attention_mask")
         output_attentions = args[1] if len(args) > 1 else kwargs.get("output_attentions", False)

@@ -178,6 +178,21 @@ def test_vilt_forced_strategies_match_original_on_valid_tokens(strategy: str) ->
         assert_close(run(model, inputs).last_hidden_state, expected, keep)
 
 
+@pytest.mark.parametrize("strategy", [None, "packed"])
+def test_vilt_hidden_states_recorded_by_its_encoder_are_padded_and_match_on_valid_tokens(strategy: str | None) -> None:
+    """ViltEncoder collects hidden states between layers itself: none may be a packed token matrix."""
+    model = build(vision_plugin.vilt_config, "ViltModel")
+    inputs, keep = _vilt_inputs(model, pixels=False)
+    inputs["output_hidden_states"] = True
+    expected = run(model, inputs).hidden_states
+    convert(model)
+    with force_strategy(strategy):
+        actual = run(model, inputs).hidden_states
+    assert len(actual) == len(expected) == model.config.num_hidden_layers + 1
+    for a, e in zip(actual, expected):
+        assert_close(a, e, keep)
+
+
 def test_vilt_mid_sequence_padding_cannot_be_forced_onto_the_nested_kernel() -> None:
     model = convert(build(vision_plugin.vilt_config, "ViltModel"))
     inputs, _ = _vilt_inputs(model, pixels=False)
