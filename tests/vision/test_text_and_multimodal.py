@@ -168,6 +168,32 @@ def test_vilt_padded_text_matches_original_on_valid_tokens(pixels: bool) -> None
     assert_close(actual.pooler_output, expected.pooler_output)
 
 
+def test_vilt_padded_text_and_images_of_different_sizes_match_on_valid_tokens() -> None:
+    """Smaller images pad the image tokens too: padding in the middle and at the end of each row."""
+    model = build(vision_plugin.vilt_config, "ViltModel")
+    config = model.config
+    inputs = vision_plugin.padded_text(3, seq_len=8)
+    inputs["pixel_values"] = vision_plugin.pixels(config, 3)
+    pixel_mask = torch.ones(3, config.image_size, config.image_size, dtype=torch.long)
+    pixel_mask[1, :, config.image_size // 2 :] = 0
+    pixel_mask[2, config.image_size // 2 :, :] = 0
+    inputs["pixel_mask"] = pixel_mask
+    with torch.inference_mode():
+        torch.manual_seed(0)  # the same patch sampling as run() below
+        _, keep = model.embeddings(
+            inputs["input_ids"], inputs["attention_mask"], None, inputs["pixel_values"], pixel_mask, None, None
+        )
+    keep = keep.bool()
+    assert not keep[1:, -1].any()  # image padding at the end of the rows with smaller images
+    expected = run(model, inputs)
+
+    convert(model)
+    actual = run(model, inputs)
+
+    assert_close(actual.last_hidden_state, expected.last_hidden_state, keep)
+    assert_close(actual.pooler_output, expected.pooler_output)
+
+
 @pytest.mark.parametrize("strategy", ["packed", "dense", "reference"])
 def test_vilt_forced_strategies_match_original_on_valid_tokens(strategy: str) -> None:
     model = build(vision_plugin.vilt_config, "ViltModel")
