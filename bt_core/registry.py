@@ -7,7 +7,8 @@ Rules, in one place:
 - A plugin that fails to import, declares an incompatible plugin API, or raises while registering
   is recorded in ``failures`` (with its name, version and the error) and warned about; the other
   plugins still load.
-- ``BT_DISABLE_PLUGINS=name[,name...]`` skips plugins by entry-point or distribution name.
+- ``BT_DISABLE_PLUGINS=name[,name...]`` skips plugins by entry-point or distribution name
+  (compared as pip compares names: case and ``-_.`` do not matter).
 - Conflicts: when two plugins map the same ``model_type``, plugins registered in-process with
   ``register_plugin`` win over entry-point plugins, the latest in-process registration first;
   among entry-point plugins the one whose name sorts first wins. A warning names both.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import os
+import re
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -93,6 +95,11 @@ class _Collected:
     conflicts: list[Conflict] = field(default_factory=list)
 
 
+def _normalize(name: str) -> str:
+    """A distribution or plugin name as pip compares them (PEP 503): case and -_. folded."""
+    return re.sub(r"[-_.]+", "-", name.strip()).lower()
+
+
 def _api_major(version: str) -> str:
     return str(version).split(".", 1)[0]
 
@@ -165,7 +172,13 @@ class PluginRegistry:
                 f"plugin {info.name!r} does not declare the plugin API it was built for; add a "
                 f"`bt_plugin_api_version()` hookimpl returning {hookspecs.PLUGIN_API_VERSION!r}."
             )
-        declared = str(declare())
+        try:
+            declared = str(declare())
+        except Exception as exc:
+            raise PluginLoadError(
+                f"plugin {info.name!r}: bt_plugin_api_version() raised {type(exc).__name__}: {exc}; "
+                f"it must return the plugin API version it was built for, e.g. {hookspecs.PLUGIN_API_VERSION!r}."
+            ) from exc
         if _api_major(declared) != _api_major(hookspecs.PLUGIN_API_VERSION):
             shipped = f" ({info.distribution} {info.version})" if info.distribution else ""
             raise PluginLoadError(
@@ -182,12 +195,12 @@ class PluginRegistry:
             return
         self._discovered = True
         self.disabled = []
-        blocked = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+        blocked = {_normalize(n) for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
         seen: set[str] = set()
         found = []
         for dist in metadata.distributions():
             dist_name = dist.metadata["Name"] or ""
-            key = dist_name.lower().replace("_", "-")
+            key = _normalize(dist_name)
             if key in seen:
                 continue
             seen.add(key)
@@ -195,7 +208,7 @@ class PluginRegistry:
                 if ep.group == self.group:
                     found.append((ep.name, dist_name, dist.version, ep))
         for ep_name, dist_name, version, ep in sorted(found, key=lambda item: item[0]):
-            if ep_name in blocked or dist_name in blocked:
+            if _normalize(ep_name) in blocked or _normalize(dist_name) in blocked:
                 self.disabled.append(ep_name)
                 continue
             info = PluginInfo(ep_name, "entry point", dist_name, version, order=0)

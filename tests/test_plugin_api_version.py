@@ -237,14 +237,6 @@ def test_the_public_api_version_is_major_dot_minor() -> None:
     assert major.isdigit() and minor.isdigit()
 
 
-# -- known registry bugs (reported to the lead; bt_core/registry.py is not ours to edit) ----------------
-
-
-@pytest.mark.xfail(
-    reason="registry bug: BT_DISABLE_PLUGINS compares distribution names verbatim; pip's normalized forms "
-    "(bt_zeta, BT-Zeta for bt-zeta) should match too",
-    strict=False,
-)
 @pytest.mark.parametrize("value", ["bt_zeta", "BT-Zeta"])
 def test_disable_plugins_accepts_normalized_distribution_names(install, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
     install(
@@ -255,11 +247,6 @@ def test_disable_plugins_accepts_normalized_distribution_names(install, monkeypa
     assert PluginRegistry().supported_model_types() == {}
 
 
-@pytest.mark.xfail(
-    reason="registry bug: an exception raised by bt_plugin_api_version() escapes register() as is, "
-    "instead of a PluginLoadError naming the plugin",
-    strict=False,
-)
 def test_a_raising_declaration_is_a_plugin_load_error() -> None:
     class Raises:
         @hookimpl
