@@ -32,7 +32,7 @@ from ._masks import MaskLayout, is_right_padded, read_mask
 from .errors import BetterTransformerError
 from .layer import BetterTransformerBaseLayer, LayerCall
 
-__all__ = ["Strategy", "choose_strategy", "force_strategy", "run_layer"]
+__all__ = ["Strategy", "choose_strategy", "force_strategy", "record_strategies", "run_layer"]
 
 
 class Strategy(str, Enum):
@@ -59,6 +59,17 @@ def force_strategy(strategy: Strategy | str | None) -> Iterator[None]:
         yield
     finally:
         _forced.value = previous
+
+
+@contextlib.contextmanager
+def record_strategies(into: set[str]) -> Iterator[set[str]]:
+    """Add the name of every strategy a converted layer runs inside the block to ``into`` (``bt bench``)."""
+    previous = getattr(_forced, "record", None)
+    _forced.record = into
+    try:
+        yield into
+    finally:
+        _forced.record = previous
 
 
 def _forced_strategy() -> Strategy | None:
@@ -154,6 +165,9 @@ def run_layer(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tenso
     else:
         layout = read_mask(call.attention_mask, hidden_states.shape[0], hidden_states.shape[1])
     strategy = choose_strategy(layer, call, layout, packed_input=carried)
+    record = getattr(_forced, "record", None)
+    if record is not None:
+        record.add(strategy.value)
     if strategy is Strategy.PACKED:
         return _packed(layer, hidden_states, layout, state), None
     if strategy is Strategy.FUSED:
@@ -375,6 +389,11 @@ class _StackState(threading.local):
     padded_shape: tuple[int, ...] | None = None
     carry: Tensor | None = None
     packing: _Packing | None = None
+
+    def __reduce__(self) -> tuple[type, tuple[()]]:
+        # Transient per-forward state: a copied or pickled model starts with a fresh one (which layers
+        # of one stack still share, as copy.deepcopy keeps shared objects shared).
+        return (_StackState, ())
 
     def carries(self, hidden_states: Tensor) -> bool:
         """Whether ``hidden_states`` is the packed matrix the previous layer of this stack returned."""

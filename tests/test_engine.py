@@ -1,0 +1,348 @@
+"""The execution engine: every strategy exact against the original model, and the choice between them.
+
+Small models only (hidden 64, 2 layers); speed lives in ``bt bench`` and BENCHMARKS.md, never here.
+"""
+
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from bt_core import BetterTransformer, BetterTransformerError, force_strategy
+from bt_core._engine import Strategy, _fused_wins, choose_strategy, record_strategies
+from bt_core._masks import NO_MASK, read_mask
+from bt_core.layer import LayerCall
+
+SEQ = 12
+BATCH = 5
+STRATEGIES = ("auto", "fused", "packed", "dense", "reference")
+
+#: Row lengths per padding layout; every layout has a row without padding except "short", whose
+#: longest row is shorter than the sequence.
+LENGTHS = {
+    "right": [12, 7, 3, 10, 1],
+    "short": [9, 4, 6, 2, 9],
+    "none": [12] * BATCH,
+}
+
+
+def keep_mask(layout: str) -> torch.Tensor:
+    """(batch, seq) bool keep mask for a padding layout: right, short (right), left, middle or none."""
+    if layout in LENGTHS:
+        lengths = torch.tensor(LENGTHS[layout])
+        return torch.arange(SEQ)[None, :] < lengths[:, None]
+    keep = torch.ones(BATCH, SEQ, dtype=torch.bool)
+    if layout == "left":
+        for row, length in enumerate([12, 5, 8, 2, 11]):
+            keep[row, : SEQ - length] = False
+    elif layout == "middle":
+        keep[0, 3:7] = False
+        keep[2, 1:2] = False
+        keep[3, 5:] = False
+        keep[4, :2] = False
+    else:
+        raise ValueError(layout)
+    return keep
+
+
+def mask_form(keep: torch.Tensor, form: str, dtype: torch.dtype = torch.float32) -> torch.Tensor | None:
+    """The keep mask in one of the forms an encoder layer may receive."""
+    if form == "none":
+        return None
+    if form == "2d-long":
+        return keep.long()
+    if form == "2d-bool":
+        return keep
+    if form == "2d-int":
+        return keep.int()
+    four = keep[:, None, None, :].expand(BATCH, 1, SEQ, SEQ)
+    if form == "4d-bool":
+        return four
+    if form == "4d-min":
+        return torch.zeros(four.shape, dtype=dtype).masked_fill(~four, torch.finfo(dtype).min)
+    if form == "4d-10000":
+        return torch.zeros(four.shape, dtype=dtype).masked_fill(~four, -10000.0)
+    raise ValueError(form)
+
+
+def tiny_config(**overrides: object) -> BertConfig:
+    values = dict(
+        hidden_size=64,
+        num_attention_heads=4,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        vocab_size=100,
+        max_position_embeddings=64,
+    )
+    values.update(overrides)
+    return BertConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[BertModel, BertModel]:
+    torch.manual_seed(0)
+    original = BertModel(tiny_config(), add_pooling_layer=False).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        converted = BetterTransformer.transform(original, keep_original_model=True)
+    return original, converted
+
+
+@pytest.fixture(autouse=True)
+def _quiet() -> Iterator[None]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        yield
+
+
+def hidden(dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(3)
+    return torch.randn(BATCH, SEQ, 64, generator=generator).to(dtype)
+
+
+def fused_eligible(layout: str, form: str) -> bool:
+    return layout in ("right", "short", "none") or form == "none"
+
+
+def run_converted(encoder: torch.nn.Module, states: torch.Tensor, mask: torch.Tensor | None, strategy: str) -> torch.Tensor:
+    with torch.inference_mode(), force_strategy(None if strategy == "auto" else strategy):
+        return encoder(states, attention_mask=mask).last_hidden_state
+
+
+def reference_output(original: BertModel, states: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    # The original encoder with transformers' own 4-D additive mask.
+    with torch.inference_mode():
+        return original.encoder(states, attention_mask=mask_form(keep, "4d-min", states.dtype)).last_hidden_state
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("layout", ["right", "short", "left", "middle", "none"])
+@pytest.mark.parametrize("form", ["none", "2d-long", "2d-bool", "2d-int", "4d-bool", "4d-min", "4d-10000"])
+def test_every_strategy_matches_the_original(models, strategy: str, layout: str, form: str) -> None:
+    original, converted = models
+    if form == "none" and layout != "none":
+        pytest.skip("no mask means no padding")
+    keep = keep_mask(layout)
+    states = hidden()
+    expected = reference_output(original, states, keep)
+    mask = mask_form(keep, form)
+    if strategy == "fused" and not fused_eligible(layout, form):
+        with pytest.raises(BetterTransformerError, match="fused"):
+            run_converted(converted.encoder, states, mask, strategy)
+        return
+    actual = run_converted(converted.encoder, states, mask, strategy)
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual[keep], expected[keep], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("layout", ["right", "short", "left", "none"])
+def test_whole_model_with_a_2d_mask(models, strategy: str, layout: str) -> None:
+    original, converted = models
+    keep = keep_mask(layout)
+    ids = torch.randint(1, 100, (BATCH, SEQ), generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        expected = original(ids, attention_mask=keep.long()).last_hidden_state
+    if strategy == "fused" and not fused_eligible(layout, "2d-long"):
+        pytest.skip("fused refuses left padding (covered above)")
+    with torch.inference_mode(), force_strategy(None if strategy == "auto" else strategy):
+        actual = converted(ids, attention_mask=keep.long()).last_hidden_state
+    torch.testing.assert_close(actual[keep], expected[keep], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("layout", ["right", "left", "none"])
+def test_bfloat16(models, strategy: str, layout: str) -> None:
+    original, converted = (copy.deepcopy(m).to(torch.bfloat16) for m in models)
+    keep = keep_mask(layout)
+    states = hidden(torch.bfloat16)
+    expected = reference_output(original, states, keep).float()
+    if strategy == "fused" and not fused_eligible(layout, "2d-bool"):
+        pytest.skip("fused refuses left padding (covered above)")
+    actual = run_converted(converted.encoder, states, keep, strategy).float()
+    torch.testing.assert_close(actual[keep], expected[keep], atol=0.1, rtol=0.05)
+
+
+def test_a_causal_mask_runs_dense_or_refuses(models) -> None:
+    original, converted = models
+    states = hidden()
+    causal = torch.ones(SEQ, SEQ, dtype=torch.bool).tril()[None, None].expand(BATCH, 1, SEQ, SEQ)
+    with torch.inference_mode():
+        expected = original.encoder(states, attention_mask=causal).last_hidden_state
+    for strategy in ("auto", "dense", "reference"):
+        strategies: set[str] = set()
+        with record_strategies(strategies):
+            actual = run_converted(converted.encoder, states, causal, strategy)
+        torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-4)
+        assert strategies <= {"dense", "reference"}
+    for strategy in ("packed", "fused"):
+        with pytest.raises(BetterTransformerError, match="more than key padding"):
+            run_converted(converted.encoder, states, causal, strategy)
+
+
+def test_packed_stays_packed_between_layers_and_restores_the_padded_shape(models) -> None:
+    _, converted = models
+    keep = keep_mask("right")
+    seen: list[tuple[int, ...]] = []
+    hooks = [
+        layer.register_forward_hook(lambda _m, _i, out: seen.append(tuple(out.shape)))
+        for layer in converted.encoder.layer
+    ]
+    try:
+        run_converted(converted.encoder, hidden(), keep, "packed")
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == [(int(keep.sum()), 64), (BATCH, SEQ, 64)]
+
+
+def test_padded_positions_of_packed_output_are_zero(models) -> None:
+    _, converted = models
+    keep = keep_mask("middle")
+    out = run_converted(converted.encoder, hidden(), keep, "packed")
+    assert bool((out[~keep] == 0).all())
+
+
+def test_reference_after_a_packed_layer_unpacks(models) -> None:
+    """A stack whose second layer must take the reference path (here: forced mid-forward)."""
+    original, converted = models
+    keep = keep_mask("left")
+    states = hidden()
+    expected = reference_output(original, states, keep)
+    first = converted.encoder.layer[0]
+    calls: list[str] = []
+
+    def switch(_module: torch.nn.Module, _inputs: object, _output: object) -> None:
+        calls.append("switched")
+        force_strategy("reference").__enter__()
+
+    hook = first.register_forward_hook(switch)
+    try:
+        with torch.inference_mode(), force_strategy("packed"):
+            actual = converted.encoder(states, attention_mask=keep).last_hidden_state
+    finally:
+        hook.remove()
+    assert calls == ["switched"]
+    torch.testing.assert_close(actual[keep], expected[keep], atol=1e-5, rtol=1e-4)
+
+
+def test_a_single_layer_called_directly_returns_the_padded_shape(models) -> None:
+    _, converted = models
+    layer = copy.deepcopy(converted.encoder.layer[0])
+    layer.is_first_layer = layer.is_last_layer = True
+    keep = keep_mask("right")
+    with torch.inference_mode(), force_strategy("packed"):
+        out = layer(hidden(), keep[:, None, None, :])
+    out = out[0] if isinstance(out, tuple) else out
+    assert out.shape == (BATCH, SEQ, 64)
+
+
+def test_training_and_autograd_take_the_reference_path(models) -> None:
+    original, converted = models
+    keep = keep_mask("right")
+    states = hidden()
+    expected = reference_output(original, states, keep)
+    strategies: set[str] = set()
+    with record_strategies(strategies):
+        actual = converted.encoder(states.requires_grad_(), attention_mask=keep).last_hidden_state
+    assert strategies == {"reference"}
+    torch.testing.assert_close(actual.detach()[keep], expected[keep], atol=1e-5, rtol=1e-4)
+
+
+# -- the choice ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def layer(models):
+    return copy.deepcopy(models[1].encoder.layer[0])
+
+
+def choose(layer, layout_name: str = "right", states: torch.Tensor | None = None, **kwargs: object) -> Strategy:
+    states = hidden() if states is None else states
+    keep = keep_mask(layout_name)
+    layout = read_mask(keep, BATCH, SEQ)
+    with torch.inference_mode():
+        return choose_strategy(layer, LayerCall(states), layout, **kwargs)
+
+
+def test_choice_on_cpu(layer) -> None:
+    with torch.inference_mode():
+        assert choose_strategy(layer, LayerCall(hidden()), NO_MASK) is Strategy.DENSE
+    assert choose(layer, "right") is Strategy.PACKED
+    assert choose(layer, "short") is Strategy.PACKED
+    assert choose(layer, "left") is Strategy.PACKED
+    assert choose(layer, "middle") is Strategy.PACKED
+    assert choose(layer, "right", packed_input=True) is Strategy.PACKED
+
+
+def test_choice_for_a_causal_mask_is_dense(layer) -> None:
+    causal = torch.ones(SEQ, SEQ, dtype=torch.bool).tril()[None, None].expand(BATCH, 1, SEQ, SEQ)
+    with torch.inference_mode():
+        assert choose_strategy(layer, LayerCall(hidden()), read_mask(causal, BATCH, SEQ)) is Strategy.DENSE
+
+
+def test_choice_for_a_nested_input_is_fused(layer) -> None:
+    nested = torch.nested.nested_tensor([torch.randn(3, 64), torch.randn(5, 64)])
+    with torch.inference_mode():
+        assert choose_strategy(layer, LayerCall(nested), NO_MASK) is Strategy.FUSED
+
+
+def test_fused_wins_follows_the_measurements() -> None:
+    cpu = torch.empty(16, 128, 768)
+    assert not _fused_wins(cpu, read_mask(keep_mask("right"), BATCH, SEQ))
+    assert not _fused_wins(cpu, NO_MASK)
+    cuda = torch.empty(16, 128, 768, device="meta")
+    # A meta tensor stands for a device without measurements: no fused.
+    assert not _fused_wins(cuda, NO_MASK)
+
+
+def test_training_chooses_reference(layer) -> None:
+    layer.train()
+    assert choose(layer, "right") is Strategy.REFERENCE
+
+
+@pytest.mark.parametrize("strategy", ["fused", "packed", "dense", "reference"])
+def test_forced_strategies(layer, strategy: str) -> None:
+    expected = Strategy(strategy)
+    with force_strategy(strategy):
+        assert choose(layer, "right") is expected
+    with force_strategy(strategy):
+        with torch.inference_mode():
+            nothing_to_pack = Strategy.DENSE if strategy == "packed" else expected
+            assert choose_strategy(layer, LayerCall(hidden()), NO_MASK) is nothing_to_pack
+
+
+def test_forced_by_environment(layer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BT_STRATEGY", "dense")
+    assert choose(layer, "right") is Strategy.DENSE
+    with force_strategy("packed"):
+        assert choose(layer, "right") is Strategy.PACKED  # the context manager wins
+    monkeypatch.setenv("BT_STRATEGY", "fastest")
+    with pytest.raises(BetterTransformerError, match="not a strategy"):
+        choose(layer, "right")
+
+
+def test_forced_but_ineligible_raises(layer) -> None:
+    with force_strategy("fused"), pytest.raises(BetterTransformerError, match="not on the right"):
+        choose(layer, "left")
+    layer.activation = "gelu_new"
+    with force_strategy("fused"), pytest.raises(BetterTransformerError, match="activation"):
+        choose(layer, "right")
+    layer.activation = "gelu"
+    layer.train()
+    for strategy in ("fused", "packed", "dense"):
+        with force_strategy(strategy), pytest.raises(BetterTransformerError, match="training"):
+            choose(layer, "right")
+    with force_strategy("reference"):
+        assert choose(layer, "right") is Strategy.REFERENCE
+
+
+def test_fused_refuses_float16_on_cpu(layer) -> None:
+    layer = layer.to(torch.float16)
+    with force_strategy("fused"), pytest.raises(BetterTransformerError, match="float16"):
+        choose(layer, "right", states=hidden(torch.float16))
