@@ -3,6 +3,8 @@ training mode, and ``reverse`` gives back a bit-identical model."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -59,6 +61,28 @@ def test_each_eligible_forced_strategy_matches_original(arch: Arch, strategy: st
     with force_strategy(strategy):
         actual = run(model, inputs).last_hidden_state
     assert_close(actual, expected)
+
+
+@pytest.mark.parametrize("strategy", [None, "fused", "packed", "dense", "reference"])
+@pytest.mark.parametrize("arch", PIXEL_ARCHS, ids=ARCH_IDS)
+def test_padding_mask_given_to_the_model_matches_original_on_kept_tokens(arch: Arch, strategy: str | None) -> None:
+    """transformers 5.x lets several vision models take an ``attention_mask`` over their tokens."""
+    model = arch.build()
+    if "attention_mask" not in inspect.signature(model.forward).parameters:
+        pytest.skip(f"{type(model).__name__} takes no attention_mask in this transformers release")
+    if strategy == "fused" and not arch.kernel_activation:
+        pytest.skip("the kernel does not compute this activation (refusal tested above)")
+    inputs = pixel_inputs(model)
+    seq_len = run(model, inputs).last_hidden_state.shape[1]
+    mask = torch.ones(BATCH, seq_len, dtype=torch.long)
+    mask[1, seq_len // 2 :] = 0
+    mask[2, 3:] = 0
+    inputs["attention_mask"] = mask
+    expected = run(model, inputs).last_hidden_state
+    convert(model)
+    with force_strategy(strategy):
+        actual = run(model, inputs).last_hidden_state
+    assert_close(actual, expected, mask.bool())
 
 
 @pytest.mark.parametrize("arch", PIXEL_ARCHS, ids=ARCH_IDS)
