@@ -175,12 +175,25 @@ class BertLayerAdapter(EncoderLayerAdapter):
 
 class TupleBertLayerAdapter(BertLayerAdapter):
     """RemBERT and TAPAS: BERT's layout, but their encoders still pass ``output_attentions`` to the
-    layer (positionally, as the 6th argument, in RemBERT) and index a tuple from it."""
+    layer (positionally, as the 6th argument, in RemBERT), index a tuple from it, and collect
+    ``output_hidden_states`` themselves between layers."""
 
     returns_tuple: ClassVar[bool] = True
     #: Position of ``output_attentions`` among the arguments after ``hidden_states``:
     #: (attention_mask, encoder_hidden_states, encoder_attention_mask, cache, output_attentions).
     OUTPUT_ATTENTIONS_ARG: ClassVar[int] = 4
+
+    # These encoders record ``output_hidden_states`` themselves, between layers, where bt cannot see
+    # it (no transformers output-capture hook, and the flag is not passed to the layer). A packed or
+    # nested batch carried from layer to layer would land in the user's hidden states, so every layer
+    # hands back the padded batch, as a last layer does.
+    @property
+    def is_last_layer(self) -> bool:
+        return True
+
+    @is_last_layer.setter
+    def is_last_layer(self, value: bool) -> None:
+        pass
 
     def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         call = super().parse_call(hidden_states, args, kwargs)

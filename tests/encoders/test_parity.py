@@ -110,3 +110,17 @@ def test_requested_attentions_and_hidden_states_match_original(case: Case) -> No
     for got, want in zip(actual.attentions, expected.attentions):
         assert got.shape == want.shape
         torch.testing.assert_close(got[rows], want[rows], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_requested_hidden_states_alone_match_original(case: Case) -> None:
+    """Hidden states without attentions: RemBERT and TAPAS record them between layers themselves,
+    so no layer may hand a packed or nested batch to the next one there."""
+    original, converted = original_and_converted(case)
+    inputs = make_batch(original.config, "padded")
+    with torch.inference_mode():
+        expected = original(**inputs, output_hidden_states=True)
+        actual = converted(**inputs, output_hidden_states=True)
+    assert len(actual.hidden_states) == len(expected.hidden_states) > 1
+    for got, want in zip(actual.hidden_states, expected.hidden_states):
+        assert_close_on_valid(got, want, inputs["attention_mask"])
