@@ -347,6 +347,8 @@ def _packed(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: Ma
         return packing.unpack(out)
     state.carry = out
     return out
+
+
 def _reference(
     layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: MaskLayout, call: LayerCall
 ) -> tuple[Tensor, Tensor | None]:

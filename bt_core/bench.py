@@ -148,9 +148,11 @@ def _dims(config: Any) -> tuple[int, int, int]:
                 return value
         raise ValueError(f"{type(config).__name__} has none of {names}; bt bench cannot size it")
 
-    config = getattr(config, "text_config", None) if not hasattr(config, "hidden_size") and hasattr(
-        config, "text_config"
-    ) else config
+    config = (
+        getattr(config, "text_config", None)
+        if not hasattr(config, "hidden_size") and hasattr(config, "text_config")
+        else config
+    )
     layers = first("num_hidden_layers", "encoder_layers", "num_layers")
     hidden = first("hidden_size", "d_model", "embed_dim")
     ffn = first("intermediate_size", "encoder_ffn_dim", "ffn_dim")
@@ -208,7 +210,9 @@ def _from_config(config: Any) -> Any:
         return transformers.AutoModel.from_config(config)
 
 
-def _make_inputs(model: Any, batch: int, length: int, padding: float, device: Any, dtype: Any) -> tuple[dict, list[int]]:
+def _make_inputs(
+    model: Any, batch: int, length: int, padding: float, device: Any, dtype: Any
+) -> tuple[dict, list[int]]:
     """Inputs for the model's main input, and the real length of every row (the roofline's tokens)."""
     import torch
 
@@ -236,7 +240,7 @@ def _make_inputs(model: Any, batch: int, length: int, padding: float, device: An
         kernels = list(getattr(config, "conv_kernel", [10, 3, 3, 3, 3, 2, 2]))
         strides = list(getattr(config, "conv_stride", [5, 2, 2, 2, 2, 2, 2]))
         samples = 1
-        for kernel, stride in reversed(list(zip(kernels, strides))):
+        for kernel, stride in reversed(list(zip(kernels, strides, strict=False))):
             samples = (samples - 1) * stride + kernel
         stride_total = 1
         for stride in strides:
@@ -347,12 +351,7 @@ def run_bench(
     after), ``gemm`` (the measured rate) and ``rows`` (one per padding fraction: median seconds of the
     converted, sdpa and eager models, tokens/s, speed-ups, roofline seconds and ratio, strategies used).
     """
-    import copy
-
     import torch
-
-    from ._engine import force_strategy, record_strategies
-    from .convert import BetterTransformer
 
     def say(message: str) -> None:
         if progress:
@@ -360,8 +359,39 @@ def run_bench(
 
     if runs < 1 or batch < 1 or length < 1:
         raise ValueError("--runs, --batch and --length must be positive")
+    previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
+    try:
+        return _run(
+            model, batch, length, padding, dtype, device, threads, runs, warmup, strategy, eager, json_path, say
+        )
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run(
+    model: str | Any,
+    batch: int,
+    length: int,
+    padding: Sequence[float],
+    dtype: str,
+    device: str,
+    threads: int | None,
+    runs: int,
+    warmup: int,
+    strategy: str | None,
+    eager: bool,
+    json_path: str | os.PathLike[str] | None,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    import copy
+
+    import torch
+
+    from ._engine import force_strategy, record_strategies
+    from .convert import BetterTransformer
+
     torch_device = torch.device(device)
     torch_dtype = getattr(torch, dtype)
 
@@ -383,7 +413,9 @@ def run_bench(
     converted = BetterTransformer.transform(converted)
     conversion_s = time.perf_counter() - start
     bytes_after = _param_bytes(converted)
-    say(f"converted in {conversion_s:.3f} s; parameters {bytes_before / 2**20:.1f} MiB -> {bytes_after / 2**20:.1f} MiB")
+    say(
+        f"converted in {conversion_s:.3f} s; parameters {bytes_before / 2**20:.1f} MiB -> {bytes_after / 2**20:.1f} MiB"
+    )
 
     layers, hidden, ffn = _dims(original.config)
     measure = _timer(torch_device)
@@ -404,7 +436,7 @@ def run_bench(
             rates: list[float] = []
             strategies: set[str] = set()
 
-            def bt_call(inputs: dict = inputs) -> None:
+            def bt_call(inputs: dict = inputs, strategies: set[str] = strategies) -> None:
                 with force_strategy(strategy), record_strategies(strategies):
                     converted(**inputs)
 
@@ -518,7 +550,10 @@ def format_table(result: dict[str, Any]) -> str:
             f"{row['speedup_vs_sdpa']:.2f}x",
         ]
         if has_eager:
-            cells += [f"{row.get('eager_s', float('nan')) * 1e3:.1f}", f"{row.get('speedup_vs_eager', float('nan')):.2f}x"]
+            cells += [
+                f"{row.get('eager_s', float('nan')) * 1e3:.1f}",
+                f"{row.get('speedup_vs_eager', float('nan')):.2f}x",
+            ]
         cells += [
             f"{row['gemm_flops_per_s'] / 1e9:.1f}",
             f"{row['roofline_s'] * 1e3:.1f}",
@@ -528,5 +563,5 @@ def format_table(result: dict[str, Any]) -> str:
         table.append(cells)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for r in table:
-        lines.append("  ".join(cell.rjust(width) for cell, width in zip(r, widths)))
+        lines.append("  ".join(cell.rjust(width) for cell, width in zip(r, widths, strict=False)))
     return "\n".join(lines)

@@ -109,7 +109,9 @@ def fused_eligible(layout: str, form: str) -> bool:
     return layout in ("right", "short", "none") or form == "none"
 
 
-def run_converted(encoder: torch.nn.Module, states: torch.Tensor, mask: torch.Tensor | None, strategy: str) -> torch.Tensor:
+def run_converted(
+    encoder: torch.nn.Module, states: torch.Tensor, mask: torch.Tensor | None, strategy: str
+) -> torch.Tensor:
     with torch.inference_mode(), force_strategy(None if strategy == "auto" else strategy):
         return encoder(states, attention_mask=mask).last_hidden_state
 
