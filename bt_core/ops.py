@@ -388,7 +388,9 @@ def _unsupported(model_type: str, registry: PluginRegistry) -> _Exit:
     refusal = registry.refusal_for(model_type)
     if refusal is not None:
         reason, plugin = refusal
-        return _Exit(EXIT_UNSUPPORTED, f"model type {model_type!r} cannot be converted exactly: {reason} (plugin {plugin!r}).")
+        return _Exit(
+            EXIT_UNSUPPORTED, f"model type {model_type!r} cannot be converted exactly: {reason} (plugin {plugin!r})."
+        )
     pack = pack_for(model_type)
     failed = [f for f in registry.failures if pack is not None and f.distribution == pack]
     if failed:
@@ -411,7 +413,9 @@ def _unsupported(model_type: str, registry: PluginRegistry) -> _Exit:
 def _load_checkpoint(path: str, registry: PluginRegistry) -> tuple[Any, Any, LayerMapping | None]:
     folder = os.path.expanduser(path)
     if not os.path.exists(folder):
-        raise _Exit(EXIT_NOT_FOUND, f"{path}: no such file or folder. MODEL is a model type or a local checkpoint folder.")
+        raise _Exit(
+            EXIT_NOT_FOUND, f"{path}: no such file or folder. MODEL is a model type or a local checkpoint folder."
+        )
     if not os.path.isdir(folder) or not os.path.isfile(os.path.join(folder, "config.json")):
         raise _Exit(
             EXIT_NOT_FOUND,
@@ -487,7 +491,9 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
         described = f"checkpoint {args.model} ({type(model).__name__}, model type {config.model_type!r})"
     else:
         model, config, mapping, source = _random_model(args.model, registry, args.seed)
-        described = f"a random-weight {type(model).__name__} (model type {args.model!r}, from {source}, seed {args.seed})"
+        described = (
+            f"a random-weight {type(model).__name__} (model type {args.model!r}, from {source}, seed {args.seed})"
+        )
     try:
         inputs = example_inputs(mapping, config, args.batch_size, seed=args.seed)
     except ExampleError as exc:

@@ -226,7 +226,9 @@ def test_check_a_model_type(registry: PluginRegistry, capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize("strategy", ["fused", "packed", "dense"])
-def test_check_with_a_forced_strategy(registry: PluginRegistry, strategy: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_with_a_forced_strategy(
+    registry: PluginRegistry, strategy: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     registry.register(TinyBert(), "tiny")
     assert main(["check", "bert", "--strategy", strategy]) == EXIT_OK, capsys.readouterr()
 
@@ -306,7 +308,9 @@ def test_check_a_missing_path(registry: PluginRegistry, tmp_path: Path, capsys: 
     assert "no such file or folder" in capsys.readouterr().err
 
 
-def test_check_a_folder_without_checkpoint(registry: PluginRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_a_folder_without_checkpoint(
+    registry: PluginRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["check", str(tmp_path)]) == EXIT_NOT_FOUND
     assert "no config.json" in capsys.readouterr().err
 
@@ -323,7 +327,9 @@ def test_check_a_local_checkpoint(registry: PluginRegistry, tmp_path: Path, caps
     assert "checkpoint" in out and "model type 'bert'" in out and "OK:" in out
 
 
-def test_check_a_checkpoint_with_broken_weights(registry: PluginRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_a_checkpoint_with_broken_weights(
+    registry: PluginRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     registry.register(TinyBert(), "tiny")
     folder = tmp_path / "broken"
     tiny_bert().save_pretrained(folder)
@@ -347,6 +353,8 @@ def test_console_script_list_and_check() -> None:
     listed = subprocess.run([script, "list"], capture_output=True, text=True, timeout=120, check=False)
     assert listed.returncode == EXIT_OK, listed.stderr
     assert any(line.startswith("bert ") for line in listed.stdout.splitlines())
-    missing = subprocess.run([script, "check", "./no/such/folder"], capture_output=True, text=True, timeout=120, check=False)
+    missing = subprocess.run(
+        [script, "check", "./no/such/folder"], capture_output=True, text=True, timeout=120, check=False
+    )
     assert missing.returncode == EXIT_NOT_FOUND
     assert "no such file or folder" in missing.stderr

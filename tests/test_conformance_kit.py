@@ -12,16 +12,16 @@ import textwrap
 import warnings
 from typing import Any
 
-import pytest
-import torch
-from transformers import BertConfig
-
 import bt_plugins_encoders.plugin as encoders_plugin
 import bt_plugins_vision.plugin as vision_plugin
+import pytest
+import torch
+from bt_plugins_encoders.adapters import BertLayerAdapter
+from transformers import BertConfig
+
 from bt_core import LayerMapping, hookimpl
 from bt_core.registry import set_default_registry
 from bt_core.testing import AdapterConformance
-from bt_plugins_encoders.adapters import BertLayerAdapter
 
 pytest_plugins = ["pytester"]
 
@@ -44,7 +44,11 @@ class TestVisionPack(AdapterConformance):
 
 def tiny_bert() -> BertConfig:
     return BertConfig(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=64,
+        vocab_size=99,
         max_position_embeddings=64,
     )
 
@@ -164,7 +168,7 @@ def test_kit_catches_a_wrong_layer_class_name() -> None:
 
 # -- the kit as plugin authors use it: a subclass in their own test module --------------------------
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 from transformers import BertConfig
 from bt_core import LayerMapping, hookimpl
 
@@ -201,7 +205,7 @@ class Undeclared:
     @hookimpl
     def bt_register_layers(self):
         return [LayerMapping("bert", "BertLayer", ADAPTER, example_config=tiny)]
-'''
+"""
 
 
 def run_kit_on(pytester: pytest.Pytester, plugin_class: str) -> pytest.RunResult:

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 import shlex
 import sys
-import tomllib
 import types
 from pathlib import Path
 from typing import Any
 
 import pytest
+import tomllib
 
 from bt_core.cli import build_parser
 from bt_core.registry import PluginRegistry, set_default_registry
@@ -119,7 +119,9 @@ def test_the_guide_kit_subclass_passes(namespace: dict[str, Any], pytester: pyte
     finally:
         del sys.modules["guide_namespace"]
     outcomes = result.parseoutcomes()
-    assert outcomes.get("passed", 0) >= 9 and not outcomes.get("failed") and not outcomes.get("errors"), result.stdout.str()
+    assert outcomes.get("passed", 0) >= 9 and not outcomes.get("failed") and not outcomes.get("errors"), (
+        result.stdout.str()
+    )
 
 
 def test_toml_blocks_parse_and_declare_the_entry_point() -> None:

@@ -102,7 +102,9 @@ def test_any_minor_of_the_same_major_is_accepted(declared: str) -> None:
 
 def test_a_missing_declaration_is_refused_in_process() -> None:
     registry = PluginRegistry(discover=False)
-    with pytest.raises(PluginLoadError, match=r"plugin 'silent' does not declare the plugin API.*bt_plugin_api_version"):
+    with pytest.raises(
+        PluginLoadError, match=r"plugin 'silent' does not declare the plugin API.*bt_plugin_api_version"
+    ):
         registry.register(plugin_module("silent_plugin", ["bert"], api=None), "silent")
     assert registry.plugins() == []
 
@@ -192,7 +194,9 @@ def test_in_process_registrations_win_latest_first(install) -> None:
 
 
 @pytest.mark.parametrize("value", ["zeta", "bt-zeta", " zeta , other", "zeta,alpha"])
-def test_disable_plugins_by_entry_point_or_distribution_name(install, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+def test_disable_plugins_by_entry_point_or_distribution_name(
+    install, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
     install(
         FakeDistribution("bt-zeta", "1.0", {"zeta": "zeta_plugin"}),
         FakeDistribution("bt-alpha", "1.0", {"alpha": "alpha_plugin"}),
@@ -238,7 +242,9 @@ def test_the_public_api_version_is_major_dot_minor() -> None:
 
 
 @pytest.mark.parametrize("value", ["bt_zeta", "BT-Zeta"])
-def test_disable_plugins_accepts_normalized_distribution_names(install, monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+def test_disable_plugins_accepts_normalized_distribution_names(
+    install, monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
     install(
         FakeDistribution("bt-zeta", "1.0", {"zeta": "zeta_plugin"}),
         modules={"zeta_plugin": plugin_module("zeta_plugin", ["zeta"])},

@@ -18,7 +18,15 @@ from ..hookspecs import PLUGIN_API_VERSION
 from ..layer import FUSED_PARAMETERS, BetterTransformerBaseLayer
 from ..mapping import LayerMapping
 from ..registry import PluginRegistry, set_default_registry
-from .examples import _token_keep, ExampleError, OutputDiff, build_example_model, compare_outputs, example_inputs, flatten_outputs
+from .examples import (
+    ExampleError,
+    OutputDiff,
+    _token_keep,
+    build_example_model,
+    compare_outputs,
+    example_inputs,
+    flatten_outputs,
+)
 
 __all__ = ["AdapterConformance"]
 
@@ -119,7 +127,9 @@ class AdapterConformance:
             if isinstance(mapping, _Unusable):
                 ids.append("unusable-plugin")
             else:
-                same_type = sum(1 for m in mappings if isinstance(m, LayerMapping) and m.model_type == mapping.model_type)
+                same_type = sum(
+                    1 for m in mappings if isinstance(m, LayerMapping) and m.model_type == mapping.model_type
+                )
                 ids.append(mapping.model_type if same_type == 1 else f"{mapping.model_type}-{mapping.layer_class_name}")
         metafunc.parametrize("mapping", mappings, ids=ids)
 
@@ -185,7 +195,8 @@ class AdapterConformance:
         return {
             name: module
             for name, module in model.named_modules()
-            if isinstance(module, BetterTransformerBaseLayer) and module.bt_layer_name.endswith(f"({mapping.layer_class_name})")
+            if isinstance(module, BetterTransformerBaseLayer)
+            and module.bt_layer_name.endswith(f"({mapping.layer_class_name})")
         }
 
     def _check_inference(
@@ -196,7 +207,9 @@ class AdapterConformance:
         if padded is None:
             padded = mask is not None
         if padded and mask is None:
-            pytest.skip(f"model type {mapping.model_type!r}: the example inputs have no attention_mask (nothing to pad)")
+            pytest.skip(
+                f"model type {mapping.model_type!r}: the example inputs have no attention_mask (nothing to pad)"
+            )
         if not padded and mask is not None:
             inputs["attention_mask"] = torch.ones_like(mask)
         elif padded and bool(mask.bool().all()):
@@ -220,15 +233,21 @@ class AdapterConformance:
             except Exception as exc:
                 problem = f"{type(exc).__name__}: {exc}"
         if problem is not None and strategy and f"strategy {strategy!r} was forced, but" in problem:
-            pytest.skip(f"model type {mapping.model_type!r}: the {strategy} strategy cannot run these inputs: {problem}")
+            pytest.skip(
+                f"model type {mapping.model_type!r}: the {strategy} strategy cannot run these inputs: {problem}"
+            )
         if problem is not None:
             pytest.fail(
                 f"model type {mapping.model_type!r}: the converted model raised {problem}"
                 + (f" (strategy {strategy!r} forced)" if strategy else ""),
                 pytrace=False,
             )
-        what = ("a right-padded batch" if padded else "an unpadded batch") + (f", {strategy} kernel" if strategy else "")
-        self._assert_close(mapping, f"{what} (inference)", compare_outputs(expected, actual, inputs.get("attention_mask")), self.atol)
+        what = ("a right-padded batch" if padded else "an unpadded batch") + (
+            f", {strategy} kernel" if strategy else ""
+        )
+        self._assert_close(
+            mapping, f"{what} (inference)", compare_outputs(expected, actual, inputs.get("attention_mask")), self.atol
+        )
 
     # -- the checks ------------------------------------------------------------------------------
 
@@ -247,7 +266,8 @@ class AdapterConformance:
         mapping = self._usable(mapping)
         adapter = mapping.load_adapter()
         assert isinstance(adapter, type) and issubclass(adapter, BetterTransformerBaseLayer), (
-            f"model type {mapping.model_type!r}: the adapter {adapter!r} is not a bt_core.BetterTransformerBaseLayer subclass"
+            f"model type {mapping.model_type!r}: the adapter {adapter!r} is not a "
+            "bt_core.BetterTransformerBaseLayer subclass"
         )
         if mapping.example_config is None:
             self._build(mapping)  # fails with the message saying what to add
@@ -283,7 +303,9 @@ class AdapterConformance:
                     f"model type {mapping.model_type!r}: {name}.{attr} is a {type(value).__name__}, not an "
                     "nn.Parameter; assign the original parameter, or use self.fuse / self.zeros / self.derive."
                 )
-                assert value.device.type != "meta", f"model type {mapping.model_type!r}: {name}.{attr} is on the meta device"
+                assert value.device.type != "meta", (
+                    f"model type {mapping.model_type!r}: {name}.{attr} is on the meta device"
+                )
 
     def test_unpadded_batch_matches(self, mapping: Any, _bt_registry: PluginRegistry) -> None:
         self._check_inference(mapping, _bt_registry, padded=False)
@@ -302,7 +324,9 @@ class AdapterConformance:
         expected = _call(reference, inputs, self.seed)
         actual = _call(converted, inputs, self.seed)
         mask = inputs.get("attention_mask")
-        self._assert_close(mapping, "the reference path (train mode, autograd)", compare_outputs(expected, actual, mask), self.atol)
+        self._assert_close(
+            mapping, "the reference path (train mode, autograd)", compare_outputs(expected, actual, mask), self.atol
+        )
 
         _loss(expected, mask, self.seed).backward()
         _loss(actual, mask, self.seed).backward()
@@ -318,7 +342,12 @@ class AdapterConformance:
             shared, sliced = layer._bt_restore_plan
             original = reference.get_submodule(name)
             for pname, attr in shared.items():
-                problems += _grad_diff(f"{name}.{pname} (as {attr})", original.get_parameter(pname).grad, getattr(layer, attr).grad, self.grad_atol)
+                problems += _grad_diff(
+                    f"{name}.{pname} (as {attr})",
+                    original.get_parameter(pname).grad,
+                    getattr(layer, attr).grad,
+                    self.grad_atol,
+                )
             for pname, (attr, start, end) in sliced.items():
                 grad = getattr(layer, attr).grad
                 problems += _grad_diff(
@@ -354,7 +383,10 @@ class AdapterConformance:
         with torch.inference_mode():
             actual = _call(converted, {**inputs, "output_hidden_states": True}, self.seed)
         self._assert_close(
-            mapping, "output_hidden_states=True", compare_outputs(expected, actual, inputs.get("attention_mask")), self.atol
+            mapping,
+            "output_hidden_states=True",
+            compare_outputs(expected, actual, inputs.get("attention_mask")),
+            self.atol,
         )
 
     def test_reverse_is_bit_identical(self, mapping: Any, _bt_registry: PluginRegistry) -> None:
@@ -427,7 +459,9 @@ def _grad_diff(name: str, expected: torch.Tensor | None, actual: torch.Tensor | 
     if expected is None and actual is None:
         return []
     if expected is None or actual is None:
-        return [f"{name}: gradient {'missing' if actual is None else 'present'} in the converted model, "
-                f"{'present' if expected is not None else 'missing'} in the original"]
+        return [
+            f"{name}: gradient {'missing' if actual is None else 'present'} in the converted model, "
+            f"{'present' if expected is not None else 'missing'} in the original"
+        ]
     diff = (actual.double() - expected.double()).abs().max().item()
     return [] if diff <= atol else [f"{name}: max abs gradient diff {diff:.3g} > {atol:g}"]

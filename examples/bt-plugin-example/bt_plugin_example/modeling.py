@@ -8,7 +8,7 @@ Importing this module registers the config and model with ``AutoConfig``/``AutoM
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -64,13 +64,19 @@ class AcmeAttention(nn.Module):
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
         self.dropout = nn.Dropout(config.attention_dropout)
 
-    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, seq_len, hidden = hidden_states.shape
 
         def heads(x: torch.Tensor) -> torch.Tensor:
             return x.view(batch, seq_len, self.num_heads, self.head_dim).transpose(1, 2)
 
-        q, k, v = heads(self.q_proj(hidden_states)), heads(self.k_proj(hidden_states)), heads(self.v_proj(hidden_states))
+        q, k, v = (
+            heads(self.q_proj(hidden_states)),
+            heads(self.k_proj(hidden_states)),
+            heads(self.v_proj(hidden_states)),
+        )
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
         if attention_mask is not None:
             scores = scores + attention_mask
@@ -110,7 +116,7 @@ class AcmeEncoderLayer(nn.Module):
 class AcmeEncoderModel(PreTrainedModel):
     config_class = AcmeEncoderConfig
     base_model_prefix = "acme"
-    _can_record_outputs = {"hidden_states": AcmeEncoderLayer, "attentions": AcmeAttention}
+    _can_record_outputs: ClassVar[dict[str, type]] = {"hidden_states": AcmeEncoderLayer, "attentions": AcmeAttention}
 
     def __init__(self, config: AcmeEncoderConfig) -> None:
         super().__init__(config)

@@ -39,5 +39,6 @@ def bt_register_layers() -> list[LayerMapping]:
 @hookimpl
 def bt_refused_model_types() -> dict[str, str]:
     return {
-        "acme-encoder-alibi": "its attention adds ALiBi position biases to the scores, which the fused kernel cannot take",
+        "acme-encoder-alibi": "its attention adds ALiBi position biases to the scores, which the fused kernel "
+        "cannot take",
     }

@@ -1,8 +1,8 @@
 """The whole conformance suite for this plugin: one subclass of bt's kit."""
 
-from bt_core.testing import AdapterConformance
-
 import bt_plugin_example.plugin
+
+from bt_core.testing import AdapterConformance
 
 
 class TestAcmePlugin(AdapterConformance):

@@ -14,9 +14,8 @@ def test_bt_discovers_the_installed_plugin() -> None:
 
 
 def test_convert_an_acme_model_with_the_discovered_plugin() -> None:
-    from transformers import AutoModel
-
     from bt_plugin_example.plugin import example_config
+    from transformers import AutoModel
 
     torch.manual_seed(0)
     model = AutoModel.from_config(example_config()).eval()
