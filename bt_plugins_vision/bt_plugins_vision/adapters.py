@@ -205,8 +205,8 @@ class Dinov2LayerAdapter(_PreNormAdapter):
 
     def __init__(self, layer: nn.Module, config: Any) -> None:
         own = _own_config(layer, config)
-        swiglu = bool(getattr(own, "use_swiglu_ffn", False)) or not hasattr(getattr(layer, "mlp", None), "fc1")
-        if swiglu:
+        mlp = getattr(layer, "mlp", None)
+        if getattr(own, "use_swiglu_ffn", False) or hasattr(mlp, "gate_proj") or hasattr(mlp, "weights_in"):
             raise UnsupportedModelError(
                 f"{type(layer).__name__}: config.use_swiglu_ffn=True gives this layer a SwiGLU feed-forward "
                 "(silu(x W_gate) * (x W_up)), a gated product the fused kernel's two-linear MLP cannot "
