@@ -248,7 +248,9 @@ class _BeitLike(_PreNormAdapter):
                     "converted. Run this model unconverted."
                 )
         has_bias = getattr(layer, "relative_position_bias", None) is not None or getattr(
-            find_submodule(layer, ("attention.attention", "attention"), "attention"), "has_relative_position_bias", False
+            find_submodule(layer, ("attention.attention", "attention"), "attention"),
+            "has_relative_position_bias",
+            False,
         )
         if has_bias:
             raise UnsupportedModelError(

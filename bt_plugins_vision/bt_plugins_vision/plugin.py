@@ -216,7 +216,11 @@ def bt_register_layers() -> list[LayerMapping]:
             "siglip_vision_model", "SiglipEncoderLayer", siglip, siglip_vision_config, "transformers:SiglipVisionModel"
         ),
         LayerMapping(
-            "siglip_text_model", "SiglipEncoderLayer", siglip, siglip_text_config, "transformers:SiglipTextModel",
+            "siglip_text_model",
+            "SiglipEncoderLayer",
+            siglip,
+            siglip_text_config,
+            "transformers:SiglipTextModel",
             text_inputs,
         ),
     ]

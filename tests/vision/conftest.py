@@ -8,12 +8,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import bt_plugins_vision.plugin as vision_plugin
 import pytest
 import torch
 import transformers
 from torch import nn
 
-import bt_plugins_vision.plugin as vision_plugin
 from bt_core import BetterTransformer, BetterTransformerBaseLayer
 from bt_core.registry import PluginRegistry, set_default_registry
 
@@ -134,5 +134,3 @@ def state_dicts_identical(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]
 
 def clone_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-

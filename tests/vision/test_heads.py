@@ -7,13 +7,22 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import bt_plugins_vision.plugin as vision_plugin
 import pytest
 import torch
 
-import bt_plugins_vision.plugin as vision_plugin
 from bt_core import BetterTransformer
 
-from .conftest import assert_close, build, clone_state, convert, converted_layers, pixel_inputs, run, state_dicts_identical
+from .conftest import (
+    assert_close,
+    build,
+    clone_state,
+    convert,
+    converted_layers,
+    pixel_inputs,
+    run,
+    state_dicts_identical,
+)
 
 
 @dataclass(frozen=True)
@@ -27,7 +36,11 @@ class Head:
 HEADS = [
     Head("ViTForImageClassification", vision_plugin.vit_config, ("logits",)),
     Head("ViTForMaskedImageModeling", vision_plugin.vit_config, ("reconstruction",), (("encoder_stride", 8),)),
-    Head("DeiTForImageClassificationWithTeacher", vision_plugin.deit_config, ("logits", "cls_logits", "distillation_logits")),
+    Head(
+        "DeiTForImageClassificationWithTeacher",
+        vision_plugin.deit_config,
+        ("logits", "cls_logits", "distillation_logits"),
+    ),
     Head("ViTMSNForImageClassification", vision_plugin.vit_msn_config, ("logits",)),
     Head("ViTMAEForPreTraining", vision_plugin.vit_mae_config, ("logits", "mask", "ids_restore")),
     Head("YolosForObjectDetection", vision_plugin.yolos_config, ("logits", "pred_boxes")),
@@ -47,7 +60,7 @@ def _compare(actual: Any, expected: Any) -> None:
         assert_close(actual, expected)
     else:
         assert len(actual) == len(expected)
-        for a, e in zip(actual, expected):
+        for a, e in zip(actual, expected, strict=True):
             _compare(a, e)
 
 
@@ -55,9 +68,11 @@ def _compare(actual: Any, expected: Any) -> None:
 def test_converted_head_outputs_match_original(head: Head) -> None:
     model = build(head.config, head.model, **dict(head.overrides))
     config = model.config.vision_config if hasattr(model.config, "vision_config") else model.config
-    inputs = pixel_inputs(model) if not hasattr(model.config, "vision_config") else {
-        "pixel_values": vision_plugin.pixels(config, 3)
-    }
+    inputs = (
+        pixel_inputs(model)
+        if not hasattr(model.config, "vision_config")
+        else {"pixel_values": vision_plugin.pixels(config, 3)}
+    )
     if head.model in ("ViTForMaskedImageModeling", "BeitForMaskedImageModeling"):
         num_patches = (config.image_size // config.patch_size) ** 2
         inputs["bool_masked_pos"] = torch.rand(3, num_patches, generator=torch.Generator().manual_seed(5)) > 0.5
@@ -75,8 +90,13 @@ def test_converted_head_outputs_match_original(head: Head) -> None:
 
 def test_vit_mae_pretraining_converts_encoder_and_decoder_with_their_own_sizes() -> None:
     """The decoder's layers are ViTMAELayers of another width and head count than the encoder's."""
-    model = build(vision_plugin.vit_mae_config, "ViTMAEForPreTraining", decoder_hidden_size=16, decoder_num_attention_heads=2,
-                  decoder_intermediate_size=24)
+    model = build(
+        vision_plugin.vit_mae_config,
+        "ViTMAEForPreTraining",
+        decoder_hidden_size=16,
+        decoder_num_attention_heads=2,
+        decoder_intermediate_size=24,
+    )
     inputs = pixel_inputs(model)
     expected = run(model, inputs)
     convert(model)
@@ -94,9 +114,9 @@ def test_dinov2_layer_scale_is_folded_and_reverse_gives_it_back() -> None:
     convert(model)
     for layer in converted_layers(model):
         original = layer.original_layer
-        o_proj = [m for n, m in original.named_modules() if n in ("attention.o_proj", "attention.output.dense")][0]
+        o_proj = next(m for n, m in original.named_modules() if n in ("attention.o_proj", "attention.output.dense"))
         expected = original.layer_scale1.lambda1[:, None] * o_proj.weight
         torch.testing.assert_close(layer.out_proj_weight.detach(), expected.detach())
     BetterTransformer.reverse(model)
-    for layer, before in zip(model.encoder.layer, lambdas):
+    for layer, before in zip(model.encoder.layer, lambdas, strict=True):
         assert torch.equal(layer.layer_scale1.lambda1, before)

@@ -168,7 +168,9 @@ def test_vit_mae_seeded_random_masking_matches_original() -> None:
     assert_close(actual.last_hidden_state, expected.last_hidden_state)
 
 
-@pytest.mark.parametrize("arch", [a for a in PIXEL_ARCHS if a.name in ("vit", "yolos", "data2vec_vision", "dinov2")], ids=lambda a: a.name)
+@pytest.mark.parametrize(
+    "arch", [a for a in PIXEL_ARCHS if a.name in ("vit", "yolos", "data2vec_vision", "dinov2")], ids=lambda a: a.name
+)
 def test_requested_hidden_states_and_attentions_match_original(arch: Arch) -> None:
     model = arch.build(_attn_implementation="eager")  # sdpa returns no attentions to compare
     assert model.config._attn_implementation == "eager"
@@ -178,8 +180,8 @@ def test_requested_hidden_states_and_attentions_match_original(arch: Arch) -> No
     actual = run(model, inputs)
 
     assert len(actual.hidden_states) == len(expected.hidden_states)
-    for a, e in zip(actual.hidden_states, expected.hidden_states):
+    for a, e in zip(actual.hidden_states, expected.hidden_states, strict=True):
         assert_close(a, e)
     assert len(actual.attentions) == len(expected.attentions) == _num_layers(model)
-    for a, e in zip(actual.attentions, expected.attentions):
+    for a, e in zip(actual.attentions, expected.attentions, strict=True):
         assert_close(a, e)

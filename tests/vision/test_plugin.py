@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import bt_plugins_vision.plugin as vision_plugin
 import pytest
 import torch
 
-import bt_plugins_vision.plugin as vision_plugin
 from bt_core import PLUGIN_API_VERSION, LayerMapping
 from bt_core._known_packs import KNOWN_PACKS
 from bt_core.registry import PluginRegistry
@@ -39,7 +39,10 @@ def test_mapped_model_types_are_the_ones_bt_core_points_users_to() -> None:
 
 
 def test_importing_the_plugin_module_loads_neither_torch_nor_transformers() -> None:
-    code = "import sys, bt_plugins_vision.plugin as p; p.bt_register_layers(); print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    code = (
+        "import sys, bt_plugins_vision.plugin as p; p.bt_register_layers(); "
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

@@ -6,15 +6,24 @@ from __future__ import annotations
 from types import SimpleNamespace
 from typing import Any
 
+import bt_plugins_vision.plugin as vision_plugin
 import pytest
 import torch
+from bt_plugins_vision.adapters import ViTLayerAdapter, find_submodule
 from torch import nn
 
-import bt_plugins_vision.plugin as vision_plugin
 from bt_core import BetterTransformer, UnsupportedModelError
-from bt_plugins_vision.adapters import ViTLayerAdapter, find_submodule
 
-from .conftest import assert_close, build, clone_state, convert, converted_layers, pixel_inputs, run, state_dicts_identical
+from .conftest import (
+    assert_close,
+    build,
+    clone_state,
+    convert,
+    converted_layers,
+    pixel_inputs,
+    run,
+    state_dicts_identical,
+)
 
 
 def _refused(model: nn.Module, match: str) -> None:
@@ -63,7 +72,9 @@ def test_stochastic_depth_converts_for_inference_and_refuses_training() -> None:
 def test_swin_is_refused_with_the_reason() -> None:
     import transformers
 
-    config = transformers.SwinConfig(image_size=32, patch_size=4, embed_dim=16, depths=[1], num_heads=[2], window_size=4)
+    config = transformers.SwinConfig(
+        image_size=32, patch_size=4, embed_dim=16, depths=[1], num_heads=[2], window_size=4
+    )
     model = transformers.SwinModel(config).eval()
     with pytest.raises(UnsupportedModelError, match=r"'swin' cannot be converted exactly: .*shifted local windows"):
         BetterTransformer.transform(model)
@@ -72,8 +83,11 @@ def test_swin_is_refused_with_the_reason() -> None:
 def test_unknown_weight_layout_names_the_layer_and_every_name_tried() -> None:
     layer = nn.Module()
     layer.attention = nn.Module()
-    with pytest.raises(UnsupportedModelError, match=r"Module: cannot find its query projection; tried "
-                       r"'attention\.q_proj', 'attention\.attention\.query'.*children are: attention"):
+    with pytest.raises(
+        UnsupportedModelError,
+        match=r"Module: cannot find its query projection; tried "
+        r"'attention\.q_proj', 'attention\.attention\.query'.*children are: attention",
+    ):
         find_submodule(layer, ViTLayerAdapter.Q, "query projection")
 
 
@@ -83,7 +97,9 @@ def test_a_layer_renamed_by_transformers_fails_without_touching_the_model() -> N
     layer.mlp.dense_in = layer.mlp.fc1  # what a future rename would look like
     del layer.mlp.fc1
     before = clone_state(model)
-    with pytest.raises(UnsupportedModelError, match=r"ViTLayer: cannot find its first feed-forward linear; tried 'mlp\.fc1'"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"ViTLayer: cannot find its first feed-forward linear; tried 'mlp\.fc1'"
+    ):
         BetterTransformer.transform(model)
     assert not converted_layers(model)
     state_dicts_identical(before, model.state_dict())

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import bt_plugins_vision.plugin as vision_plugin
 import pytest
 import torch
 
-import bt_plugins_vision.plugin as vision_plugin
 from bt_core import BetterTransformer, BetterTransformerError, force_strategy
 
 from .conftest import assert_close, build, clone_state, convert, converted_layers, run, state_dicts_identical
@@ -215,7 +215,7 @@ def test_vilt_hidden_states_recorded_by_its_encoder_are_padded_and_match_on_vali
     with force_strategy(strategy):
         actual = run(model, inputs).hidden_states
     assert len(actual) == len(expected) == model.config.num_hidden_layers + 1
-    for a, e in zip(actual, expected):
+    for a, e in zip(actual, expected, strict=True):
         assert_close(a, e, keep)
 
 
@@ -236,7 +236,7 @@ def test_vilt_attentions_and_question_answering_logits_match_original() -> None:
     actual = run(model, inputs)
     assert_close(actual.logits, expected.logits)
     assert len(actual.attentions) == len(expected.attentions) == model.config.num_hidden_layers
-    for a, e in zip(actual.attentions, expected.attentions):
+    for a, e in zip(actual.attentions, expected.attentions, strict=True):
         assert_close(a, e)
     BetterTransformer.reverse(model)
     state_dicts_identical(before, model.state_dict())
