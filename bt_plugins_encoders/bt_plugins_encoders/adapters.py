@@ -83,6 +83,10 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
     ACTIVATION_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_act",)
     ATTENTION_DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ("attention_probs_dropout_prob",)
     HIDDEN_DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_dropout_prob",)
+    #: The residual branch the original layer does *not* apply ``hidden_dropout`` to, if any. bt's
+    #: reference path drops out both branches, so such a layer with hidden dropout > 0 refuses
+    #: training mode instead of training with a dropout the original does not have.
+    UNDROPPED_BRANCH: ClassVar[str | None] = None
 
     def __init__(self, layer: nn.Module, config: Any) -> None:
         super().__init__(layer, config)
@@ -108,6 +112,24 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
         self.activation = _config_value(config, self.ACTIVATION_FIELDS)
         self.attention_dropout = float(_config_value(config, self.ATTENTION_DROPOUT_FIELDS, 0.0))
         self.hidden_dropout = float(_config_value(config, self.HIDDEN_DROPOUT_FIELDS, 0.0))
+        #: Why training mode cannot be computed exactly, or None when it can.
+        self.training_blocker: str | None = None
+        if self.UNDROPPED_BRANCH and self.hidden_dropout > 0:
+            field = self.HIDDEN_DROPOUT_FIELDS[0]
+            self.training_blocker = (
+                f"the original layer applies config.{field}={self.hidden_dropout} dropout to one residual "
+                f"branch only (not to the {self.UNDROPPED_BRANCH} output), while bt's training path drops out "
+                f"both. Build the model with config.{field}=0.0 before converting, or call "
+                "BetterTransformer.reverse(model) before training; inference (eval mode) is exact"
+            )
+
+    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.training and self.training_blocker:
+            raise UnsupportedModelError(
+                f"{type(self).__name__} (converting {self.bt_layer_name}) cannot run in training mode: "
+                f"{self.training_blocker}."
+            )
+        return super().forward(hidden_states, *args, **kwargs)
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -206,6 +228,7 @@ class XLMRobertaXLLayerAdapter(BertLayerAdapter):
     """``XLMRobertaXLLayer``: BERT's attention and feed-forward, pre-norm."""
 
     NORM_FIRST: ClassVar[bool] = True
+    UNDROPPED_BRANCH: ClassVar[str | None] = "feed-forward"
     PATHS: ClassVar[dict[str, tuple[str, ...]]] = {
         **BertLayerAdapter.PATHS,
         "first layer norm": ("attention.self_attn_layer_norm",),
@@ -231,6 +254,7 @@ class DistilBertLayerAdapter(EncoderLayerAdapter):
     ACTIVATION_FIELDS: ClassVar[tuple[str, ...]] = ("activation", "hidden_act")
     ATTENTION_DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ("attention_dropout",)
     HIDDEN_DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ("dropout",)
+    UNDROPPED_BRANCH: ClassVar[str | None] = "attention"
 
 
 class AlbertLayerAdapter(EncoderLayerAdapter):
@@ -242,6 +266,7 @@ class AlbertLayerAdapter(EncoderLayerAdapter):
     strategies, and the kernel runs only for configs with ``hidden_act`` ``"gelu"`` or ``"relu"``.
     """
 
+    UNDROPPED_BRANCH: ClassVar[str | None] = "feed-forward"  # AlbertLayer.dropout exists but is never applied
     PATHS: ClassVar[dict[str, tuple[str, ...]]] = {
         "query": ("attention.query",),
         "key": ("attention.key",),

@@ -74,3 +74,32 @@ def test_padding_is_honoured_on_the_reference_path() -> None:
         input_ids=inputs["input_ids"][1:2, :length], attention_mask=inputs["attention_mask"][1:2, :length]
     ).last_hidden_state[0]
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
+
+
+# Layers whose original applies hidden dropout to one residual branch only.
+ONE_BRANCH_DROPOUT = {"distilbert": "dropout", "xlm-roberta-xl": "hidden_dropout_prob", "albert": "hidden_dropout_prob"}
+
+
+@pytest.mark.parametrize("model_type", sorted(ONE_BRANCH_DROPOUT))
+def test_training_with_dropout_on_one_branch_only_is_refused_and_inference_still_runs(model_type: str) -> None:
+    from bt_core import UnsupportedModelError
+
+    case = next(c for c in CASES if c.id == model_type)
+    field = ONE_BRANCH_DROPOUT[model_type]
+    original = build(case, **{field: 0.1})
+    converted = convert_copy(original)
+    inputs = make_batch(original.config, "padded")
+    with torch.inference_mode():
+        assert_close_on_valid(converted(**inputs).last_hidden_state, original(**inputs).last_hidden_state,
+                              inputs["attention_mask"])
+    converted.train()
+    with pytest.raises(UnsupportedModelError, match=f"cannot run in training mode: .*config.{field}=0.1 .*one residual branch.*{field}=0.0"):
+        converted(**inputs)
+
+
+def test_training_with_dropout_on_both_branches_runs() -> None:
+    (bert,) = [c for c in CASES if c.id == "bert"]
+    converted = convert_copy(build(bert, hidden_dropout_prob=0.1).train())
+    inputs = make_batch(converted.config, "padded")
+    out = converted(**inputs).last_hidden_state
+    assert out.requires_grad and torch.isfinite(out).all()
