@@ -11,13 +11,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import bt_plugins_encoders.plugin as encoders_plugin
 import pytest
 import torch
+from bt_plugins_encoders.examples import example_config
 
-import bt_plugins_encoders.plugin as encoders_plugin
 from bt_core import BetterTransformer
 from bt_core.registry import PluginRegistry, set_default_registry
-from bt_plugins_encoders.examples import example_config
 
 ATOL = 1e-5
 STRATEGIES = ("default", "fused", "packed", "dense")
@@ -89,8 +89,9 @@ def _quiet_reference_path_warnings() -> Iterator[None]:
         yield
 
 
-def build(case: Case, model_class: Any = None, *, seed: int = 0, attn_implementation: str | None = None,
-          **overrides: Any) -> torch.nn.Module:
+def build(
+    case: Case, model_class: Any = None, *, seed: int = 0, attn_implementation: str | None = None, **overrides: Any
+) -> torch.nn.Module:
     """A random-weight model of ``case`` (``AutoModel`` unless ``model_class``), in eval mode."""
     from transformers import AutoModel
 

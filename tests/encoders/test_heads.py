@@ -11,10 +11,14 @@ from transformers.models.auto import modeling_auto
 from .conftest import CASES, Case, assert_close_on_valid, build, convert_copy, make_batch
 
 HEADS: dict[str, tuple[str, dict[str, str]]] = {
-    "sequence-classification": ("AutoModelForSequenceClassification",
-                                modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES),
-    "token-classification": ("AutoModelForTokenClassification",
-                             modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES),
+    "sequence-classification": (
+        "AutoModelForSequenceClassification",
+        modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES,
+    ),
+    "token-classification": (
+        "AutoModelForTokenClassification",
+        modeling_auto.MODEL_FOR_TOKEN_CLASSIFICATION_MAPPING_NAMES,
+    ),
     "masked-lm": ("AutoModelForMaskedLM", modeling_auto.MODEL_FOR_MASKED_LM_MAPPING_NAMES),
     "question-answering": ("AutoModelForQuestionAnswering", modeling_auto.MODEL_FOR_QUESTION_ANSWERING_MAPPING_NAMES),
 }

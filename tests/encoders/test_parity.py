@@ -102,12 +102,12 @@ def test_requested_attentions_and_hidden_states_match_original(case: Case) -> No
         expected = original(**inputs, output_attentions=True, output_hidden_states=True)
         actual = converted(**inputs, output_attentions=True, output_hidden_states=True)
     assert len(actual.hidden_states) == len(expected.hidden_states)
-    for got, want in zip(actual.hidden_states, expected.hidden_states):
+    for got, want in zip(actual.hidden_states, expected.hidden_states, strict=True):
         assert_close_on_valid(got, want, mask)
     # One entry per layer call (ALBERT calls its shared layers once per repeat).
     assert len(actual.attentions) == len(expected.attentions) > 0
     rows = mask.bool()[:, None, :, None].expand_as(expected.attentions[0])
-    for got, want in zip(actual.attentions, expected.attentions):
+    for got, want in zip(actual.attentions, expected.attentions, strict=True):
         assert got.shape == want.shape
         torch.testing.assert_close(got[rows], want[rows], atol=1e-5, rtol=0)
 
@@ -122,5 +122,5 @@ def test_requested_hidden_states_alone_match_original(case: Case) -> None:
         expected = original(**inputs, output_hidden_states=True)
         actual = converted(**inputs, output_hidden_states=True)
     assert len(actual.hidden_states) == len(expected.hidden_states) > 1
-    for got, want in zip(actual.hidden_states, expected.hidden_states):
+    for got, want in zip(actual.hidden_states, expected.hidden_states, strict=True):
         assert_close_on_valid(got, want, inputs["attention_mask"])

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import bt_plugins_encoders.plugin as encoders_plugin
+
 from bt_core._known_packs import KNOWN_PACKS
 from bt_core.registry import PluginRegistry
 

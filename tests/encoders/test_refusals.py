@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import pytest
 import torch
+from bt_plugins_encoders.adapters import BertLayerAdapter
 
 from bt_core import BetterTransformer, LayerValidationError, UnsupportedModelError
-from bt_plugins_encoders.adapters import BertLayerAdapter
 
 from .conftest import CASES, Case, build, converted_layers
 
-_BERT_SIZES = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 64,
-               "vocab_size": 128}
+_BERT_SIZES = {
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "intermediate_size": 64,
+    "vocab_size": 128,
+}
 _T5_SIZES = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4, "vocab_size": 128}
 
 REFUSED = {
@@ -19,8 +24,10 @@ REFUSED = {
     "mpnet": (_BERT_SIZES, "relative position bias"),
     "deberta": (_BERT_SIZES, "disentangled attention"),
     "deberta-v2": (_BERT_SIZES, "disentangled attention"),
-    "modernbert": ({**_BERT_SIZES, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "cls_token_id": 1,
-                    "sep_token_id": 2}, "rotary position embeddings, a gated \\(GLU\\) feed-forward"),
+    "modernbert": (
+        {**_BERT_SIZES, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "cls_token_id": 1, "sep_token_id": 2},
+        "rotary position embeddings, a gated \\(GLU\\) feed-forward",
+    ),
     "t5": (_T5_SIZES, "relative position bias .* RMSNorm"),
     "mt5": (_T5_SIZES, "relative position bias .* RMSNorm"),
 }
@@ -32,7 +39,8 @@ def test_refused_model_type_is_refused_with_its_reason(model_type: str) -> None:
 
     sizes, reason = REFUSED[model_type]
     model = AutoModel.from_config(AutoConfig.for_model(model_type, **sizes))
-    with pytest.raises(UnsupportedModelError, match=f"model type '{model_type}' cannot be converted exactly: .*{reason}.*plugin 'encoders'"):
+    expected = rf"model type '{model_type}' cannot be converted exactly: .*{reason}.*plugin 'encoders'"
+    with pytest.raises(UnsupportedModelError, match=expected):
         BetterTransformer.transform(model)
     assert not converted_layers(model)
 
@@ -64,14 +72,14 @@ def test_absolute_position_embedding_config_is_converted() -> None:
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "bert-generation", "xlm-roberta-xl", "rembert", "tapas"])
 def test_decoder_config_is_refused(model_type: str) -> None:
     model = build(_case(model_type), is_decoder=True)
-    with pytest.raises(UnsupportedModelError, match="is_decoder=True .*causal.*is_decoder=False"):
+    with pytest.raises(UnsupportedModelError, match=r"is_decoder=True .*causal.*is_decoder=False"):
         BetterTransformer.transform(model)
 
 
 @pytest.mark.parametrize("model_type", ["bert", "roberta", "electra"])
 def test_cross_attention_config_is_refused(model_type: str) -> None:
     model = build(_case(model_type), is_decoder=True, add_cross_attention=True)
-    with pytest.raises(UnsupportedModelError, match="add_cross_attention=True .*cross-attention"):
+    with pytest.raises(UnsupportedModelError, match=r"add_cross_attention=True .*cross-attention"):
         BetterTransformer.transform(model)
 
 
@@ -79,14 +87,18 @@ def test_bert_generation_decoder_is_refused() -> None:
     from transformers import BertGenerationDecoder
 
     model = build(_case("bert-generation"), BertGenerationDecoder, is_decoder=True)
-    with pytest.raises(UnsupportedModelError, match="BertGenerationLayer .*is_decoder=True"):
+    with pytest.raises(UnsupportedModelError, match=r"BertGenerationLayer .*is_decoder=True"):
         BetterTransformer.transform(model)
 
 
 def test_missing_weight_names_the_layer_and_every_path_tried() -> None:
     model = build(_case("bert"))
     del model.encoder.layer[1].attention.output.LayerNorm
-    with pytest.raises(LayerValidationError, match="BertLayer: cannot find the first layer norm \\(tried 'attention.output.LayerNorm'\\).*upgrade bt-plugins-encoders"):
+    expected = (
+        r"BertLayer: cannot find the first layer norm \(tried 'attention\.output\.LayerNorm'\)"
+        r".*upgrade bt-plugins-encoders"
+    )
+    with pytest.raises(LayerValidationError, match=expected):
         BetterTransformer.transform(model)
     assert not converted_layers(model)
 
@@ -99,3 +111,12 @@ def test_adapter_reads_a_bias_free_linear_as_zero_bias() -> None:
     hidden = model.config.hidden_size
     assert torch.equal(adapter.in_proj_bias[hidden : 2 * hidden], torch.zeros(hidden))
     adapter.validate_bettertransformer()
+
+
+def test_callable_activation_is_refused_naming_the_field() -> None:
+    model = build(_case("bert"))
+    # transformers 5.x configs validate hidden_act as a string; older or hand-edited ones may not.
+    object.__setattr__(model.config, "hidden_act", torch.nn.functional.gelu)
+    expected = r"config\.hidden_act is <built-in function gelu>, a callable.*name"
+    with pytest.raises(UnsupportedModelError, match=expected):
+        BetterTransformer.transform(model)

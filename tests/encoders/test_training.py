@@ -7,7 +7,16 @@ import torch
 
 from bt_core.layer import FUSED_PARAMETERS
 
-from .conftest import CASES, Case, assert_close_on_valid, build, convert_copy, converted_layers, make_batch, zero_dropout_overrides
+from .conftest import (
+    CASES,
+    Case,
+    assert_close_on_valid,
+    build,
+    convert_copy,
+    converted_layers,
+    make_batch,
+    zero_dropout_overrides,
+)
 
 # Fused attribute <- the adapter roles it is made of (``in_proj`` is q, k, v concatenated).
 ROLES = {
@@ -52,8 +61,7 @@ def test_train_mode_without_dropout_matches_original_and_gradients_reach_every_f
             assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, f"{name}.{attr}"
             prefix, kind = attr.rsplit("_", 1)
             parts = [
-                getattr(original_layer.get_submodule(type(layer).PATHS[role][0]), kind).grad
-                for role in ROLES[prefix]
+                getattr(original_layer.get_submodule(type(layer).PATHS[role][0]), kind).grad for role in ROLES[prefix]
             ]
             torch.testing.assert_close(param.grad, torch.cat(parts), atol=1e-5, rtol=1e-4, msg=f"{name}.{attr}")
     # And the parameters outside the converted layers (embeddings, pooler) get the same gradients.
@@ -90,10 +98,12 @@ def test_training_with_dropout_on_one_branch_only_is_refused_and_inference_still
     converted = convert_copy(original)
     inputs = make_batch(original.config, "padded")
     with torch.inference_mode():
-        assert_close_on_valid(converted(**inputs).last_hidden_state, original(**inputs).last_hidden_state,
-                              inputs["attention_mask"])
+        assert_close_on_valid(
+            converted(**inputs).last_hidden_state, original(**inputs).last_hidden_state, inputs["attention_mask"]
+        )
     converted.train()
-    with pytest.raises(UnsupportedModelError, match=f"cannot run in training mode: .*config.{field}=0.1 .*one residual branch.*{field}=0.0"):
+    expected = rf"cannot run in training mode: .*config\.{field}=0\.1 .*one residual branch.*{field}=0\.0"
+    with pytest.raises(UnsupportedModelError, match=expected):
         converted(**inputs)
 
 
