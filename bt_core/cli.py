@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 #: Subcommands: name -> "module:function" adding the subparser; each sets ``func`` on its parser.
 _SUBCOMMANDS = {
+    "demo": "bt_core.demo:add_parser",
     "bench": "bt_core.bench:add_parser",
     "list": "bt_core.ops:add_list_parser",
     "doctor": "bt_core.ops:add_doctor_parser",
