@@ -159,14 +159,22 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
 
     # -- helpers ----------------------------------------------------------------------------------
 
+    def _absent_bias(self, size: int, like: Tensor) -> nn.Parameter:
+        """Zeros for a bias the original layer does not have. Frozen: training must not grow a bias that
+        ``reverse`` cannot give back to the original layer."""
+        return self.zeros(size, like=like).requires_grad_(False)
+
     def _bias(self, linear: nn.Module) -> nn.Parameter:
         if linear.bias is not None:
             return linear.bias
-        return self.zeros(linear.weight.shape[0], like=linear.weight)
+        return self._absent_bias(linear.weight.shape[0], like=linear.weight)
 
     def _fused_bias(self, q: nn.Module, k: nn.Module, v: nn.Module) -> nn.Parameter:
         if q.bias is None and k.bias is None and v.bias is None:  # qkv_bias=False
-            return self.zeros(q.weight.shape[0] + k.weight.shape[0] + v.weight.shape[0], like=q.weight)
+            size = q.weight.shape[0] + k.weight.shape[0] + v.weight.shape[0]
+            return self._absent_bias(size, like=q.weight)
+        # A missing key bias alone (BEiT) stays a trainable slice of the fused bias; its gradient is zero,
+        # since adding one vector to every key shifts each query's scores by a constant.
         parts = [m.bias if m.bias is not None else self.zeros(m.weight.shape[0], like=m.weight) for m in (q, k, v)]
         return self.fuse(*parts)
 

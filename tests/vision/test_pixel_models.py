@@ -125,6 +125,32 @@ def test_training_mode_reference_path_matches_and_reaches_every_fused_parameter(
                 assert torch.isfinite(param.grad).all()
 
 
+_FOLDED = {"dinov2", "dinov2_no_qkv_bias", "beit", "data2vec_vision"}
+_FOLDED_XFAIL = pytest.mark.xfail(
+    strict=True,
+    reason="bt-core limitation: reverse() restores a folded layer scale from the stashed pre-conversion "
+    "sources of self.derive(), so optimizer updates to the folded out_proj/linear2 tensors are lost",
+)
+
+
+@pytest.mark.parametrize(
+    "arch", [pytest.param(a, marks=_FOLDED_XFAIL) if a.name in _FOLDED else a for a in PIXEL_ARCHS], ids=ARCH_IDS
+)
+def test_training_step_on_converted_model_survives_reverse(arch: Arch) -> None:
+    model = convert(arch.build()).train()
+    inputs = pixel_inputs(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    torch.manual_seed(0)
+    model(**inputs).last_hidden_state.pow(2).mean().backward()
+    optimizer.step()
+    model.eval()
+    trained = run(model, inputs).last_hidden_state
+
+    BetterTransformer.reverse(model)
+
+    assert_close(run(model, inputs).last_hidden_state, trained)
+
+
 def test_keep_original_model_leaves_the_input_untouched() -> None:
     arch = PIXEL_ARCHS[0]
     model = arch.build()
