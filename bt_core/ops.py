@@ -291,7 +291,8 @@ def run_doctor(args: argparse.Namespace) -> int:
     print(f"\nplugins found ({len(plugins)}):")
     for info in plugins:
         types = len(types_by_plugin.get(info.name, ()))
-        print(f"  {info.name:<16} {_shipped_by(info):<32} plugin API {info.api_version}, {types} model types")
+        plural = "s" if types != 1 else ""
+        print(f"  {info.name:<16} {_shipped_by(info):<32} plugin API {info.api_version}, {types} model type{plural}")
     if not plugins:
         print("  none: install a plugin pack, e.g. `pip install bt-plugins-encoders`")
         problems.append("no bt plugin is installed, so no model can be converted")
@@ -471,7 +472,14 @@ def run_check(args: argparse.Namespace) -> int:
         raise _Exit(EXIT_USAGE, "--atol must be >= 0 and --batch-size >= 1")
     registry = _registry()
     with _quiet_registry():
-        registry.plugins()
+        registry.supported_model_types()  # discovery and conflict resolution, reported below instead of warned
+    for conflict in registry.conflicts:
+        if conflict.model_type == args.model:
+            print(
+                f"note: plugins {conflict.winner!r} and {conflict.loser!r} both convert {conflict.model_type!r}; "
+                f"using {conflict.winner!r}",
+                file=sys.stderr,
+            )
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*nested tensors is in prototype stage.*")
         return _check(args, registry)

@@ -174,7 +174,7 @@ def test_doctor_healthy(registry: PluginRegistry, capsys: pytest.CaptureFixture[
     assert f"transformers   {transformers.__version__}" in out
     assert "nested tensors (cpu): ok" in out
     assert "fused kernel   (cpu): ok" in out
-    assert "tiny" in out and "1 model types" in out
+    assert "tiny" in out and "1 model type\n" in out
     assert "All good." in out
 
 
@@ -213,6 +213,17 @@ def test_doctor_reports_conflicts(registry: PluginRegistry, capsys: pytest.Captu
 
 
 # -- bt check ----------------------------------------------------------------------------------------
+
+
+def test_check_notes_a_conflict_on_the_checked_type(
+    registry: PluginRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry.register(TinyBert(), "first")
+    registry.register(TinyBert(), "second")
+    assert main(["check", "bert"]) == EXIT_OK
+    captured = capsys.readouterr()
+    assert "note: plugins 'second' and 'first' both convert 'bert'; using 'second'" in captured.err
+    assert "(plugin second" in captured.out
 
 
 def test_check_a_model_type(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
