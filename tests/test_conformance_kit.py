@@ -249,3 +249,70 @@ def test_a_plugin_without_api_declaration_fails(pytester: pytest.Pytester) -> No
     result = run_kit_on(pytester, "Undeclared")
     assert result.parseoutcomes().get("failed", 0) >= 1
     result.stdout.fnmatch_lines(["*does not declare the plugin API*bt_plugin_api_version*"])
+
+
+# -- the pytest-free helpers -----------------------------------------------------------------------
+
+
+def test_zero_dropout_reaches_sub_configs() -> None:
+    from transformers import CLIPConfig
+
+    from bt_core.testing.examples import zero_dropout
+
+    config = CLIPConfig(text_config={"dropout": 0.3, "attention_dropout": 0.2}, vision_config={"dropout": 0.1})
+    zero_dropout(config)
+    assert config.text_config.dropout == 0.0 and config.text_config.attention_dropout == 0.0
+    assert config.vision_config.dropout == 0.0
+
+
+def test_default_text_inputs_are_right_padded_with_varied_lengths() -> None:
+    from bt_core.testing.examples import default_inputs
+
+    inputs = default_inputs(tiny_bert(), 3)
+    assert inputs["attention_mask"].sum(dim=1).tolist() == [8, 5, 2]
+    for row in inputs["attention_mask"]:
+        length = int(row.sum())
+        assert row[:length].all() and not row[length:].any()
+
+
+def test_default_vision_inputs() -> None:
+    from transformers import ViTConfig
+
+    from bt_core.testing.examples import default_inputs
+
+    inputs = default_inputs(ViTConfig(image_size=32, patch_size=8, num_channels=3), 2)
+    assert tuple(inputs["pixel_values"].shape) == (2, 3, 32, 32)
+
+
+def test_inputs_that_cannot_be_guessed_ask_for_example_inputs() -> None:
+    from transformers import PretrainedConfig
+
+    from bt_core.testing.examples import ExampleError, example_inputs
+
+    mapping = LayerMapping("odd", "OddLayer", BertLayerAdapter)
+    with pytest.raises(ExampleError, match=r"model type .odd.*example_inputs="):
+        example_inputs(mapping, PretrainedConfig(), 2)
+
+
+def test_compare_outputs_reads_well() -> None:
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from bt_core.testing.examples import compare_outputs
+
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    hidden = torch.zeros(2, 3, 4)
+    pooled = torch.zeros(2, 4)
+    expected = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+    garbage_in_padding = hidden.clone()
+    garbage_in_padding[1, 2] = 100.0
+    off = pooled.clone()
+    off[1, 3] = 0.5
+    diffs = {d.name: d for d in compare_outputs(expected, BaseModelOutputWithPooling(garbage_in_padding, off), mask)}
+    assert diffs["last_hidden_state"].max_abs_diff == 0.0 and diffs["last_hidden_state"].compared == "valid tokens"
+    assert diffs["pooler_output"].describe() == "pooler_output: max abs diff 0.5 (all) at index (1, 3)"
+    (wrong_shape,) = [d for d in compare_outputs(hidden, hidden[:, :2], mask)]
+    assert not wrong_shape.within(1.0) and "has shape (2, 2, 4), the original (2, 3, 4)" in wrong_shape.describe()
+    nan = hidden.clone()
+    nan[0, 0, 0] = float("nan")
+    (with_nan,) = compare_outputs(hidden, nan, mask)
+    assert not with_nan.within(1.0) and "NaN at index (0, 0, 0)" in with_nan.describe()
