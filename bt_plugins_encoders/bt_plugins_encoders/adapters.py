@@ -87,6 +87,8 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
     #: reference path drops out both branches, so such a layer with hidden dropout > 0 refuses
     #: training mode instead of training with a dropout the original does not have.
     UNDROPPED_BRANCH: ClassVar[str | None] = None
+    #: Candidate paths of the layer's activation module, checked against the config's name.
+    ACTIVATION_PATHS: ClassVar[tuple[str, ...]] = ("intermediate.intermediate_act_fn",)
 
     def __init__(self, layer: nn.Module, config: Any) -> None:
         super().__init__(layer, config)
@@ -110,6 +112,7 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
         self.num_heads = int(_config_value(config, self.HEADS_FIELDS))
         self.embed_dim = int(_config_value(config, self.HIDDEN_FIELDS))
         self.activation = _config_value(config, self.ACTIVATION_FIELDS)
+        self._check_activation(layer)
         self.attention_dropout = float(_config_value(config, self.ATTENTION_DROPOUT_FIELDS, 0.0))
         self.hidden_dropout = float(_config_value(config, self.HIDDEN_DROPOUT_FIELDS, 0.0))
         #: Why training mode cannot be computed exactly, or None when it can.
@@ -132,6 +135,29 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
         return super().forward(hidden_states, *args, **kwargs)
 
     # -- helpers ----------------------------------------------------------------------------------
+
+    def _check_activation(self, layer: nn.Module) -> None:
+        """Refuse when the layer's activation module is not the one the config names (e.g. the
+        config was edited after the model was built): the declared activation would be wrong."""
+        from transformers.activations import ACT2FN
+
+        module = None
+        for path in self.ACTIVATION_PATHS:
+            try:
+                module = layer.get_submodule(path)
+                break
+            except AttributeError:
+                continue
+        if module is None or not isinstance(self.activation, str) or self.activation not in ACT2FN:
+            return  # bt_core's validation names an activation it cannot compute
+        expected = type(ACT2FN[self.activation])
+        if type(module) is not expected:
+            raise UnsupportedModelError(
+                f"{type(layer).__name__}: config.{self.ACTIVATION_FIELDS[0]}={self.activation!r} "
+                f"({expected.__name__}), but the layer computes {type(module).__name__}; the config no "
+                "longer describes the model (edited after it was built?). Rebuild the model from the "
+                "config, or set the field back to the activation the layer uses."
+            )
 
     def _bias(self, linear: nn.Module) -> Tensor:
         bias = getattr(linear, "bias", None)
@@ -255,6 +281,7 @@ class DistilBertLayerAdapter(EncoderLayerAdapter):
     ATTENTION_DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ("attention_dropout",)
     HIDDEN_DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ("dropout",)
     UNDROPPED_BRANCH: ClassVar[str | None] = "attention"
+    ACTIVATION_PATHS: ClassVar[tuple[str, ...]] = ("ffn.activation",)
 
 
 class AlbertLayerAdapter(EncoderLayerAdapter):
@@ -267,6 +294,7 @@ class AlbertLayerAdapter(EncoderLayerAdapter):
     """
 
     UNDROPPED_BRANCH: ClassVar[str | None] = "feed-forward"  # AlbertLayer.dropout exists but is never applied
+    ACTIVATION_PATHS: ClassVar[tuple[str, ...]] = ("activation",)
     PATHS: ClassVar[dict[str, tuple[str, ...]]] = {
         "query": ("attention.query",),
         "key": ("attention.key",),

@@ -120,3 +120,13 @@ def test_callable_activation_is_refused_naming_the_field() -> None:
     expected = r"config\.hidden_act is <built-in function gelu>, a callable.*name"
     with pytest.raises(UnsupportedModelError, match=expected):
         BetterTransformer.transform(model)
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "albert", "xlm-roberta-xl"])
+def test_config_activation_that_the_layer_does_not_compute_is_refused(model_type: str) -> None:
+    model = build(_case(model_type))
+    field = "activation" if model_type == "distilbert" else "hidden_act"
+    setattr(model.config, field, "relu")  # edited after the model was built: the layers still use gelu
+    with pytest.raises(UnsupportedModelError, match=rf"config\.{field}='relu' \(ReLU\), but the layer computes .*GELU"):
+        BetterTransformer.transform(model)
+    assert not converted_layers(model)
