@@ -63,6 +63,12 @@ EXIT_CODES_HELP = """exit codes:
 """
 
 
+def _wrap(text: str) -> str:
+    import textwrap
+
+    return textwrap.fill(text, width=88)
+
+
 class _Exit(Exception):
     """Ends a command with ``code`` after printing ``message`` to stderr."""
 
@@ -110,8 +116,10 @@ def add_list_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "list",
         help="list every model type the installed plugins convert",
-        description="List every model type the installed bt plugins convert: the encoder layer class "
-        "replaced, and the plugin (and its distribution and version) that provides it.",
+        description=_wrap(
+            "List every model type the installed bt plugins convert: the encoder layer class "
+            "replaced, and the plugin (and its distribution and version) that provides it."
+        ),
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -189,9 +197,11 @@ def add_doctor_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "doctor",
         help="check this machine and the installed plugins",
-        description="Report the torch and transformers versions, whether nested tensors and PyTorch's fused "
-        "encoder kernel work here (by running them), the plugins found, those that failed to load and why, "
-        "conflicts and disabled plugins.",
+        description=_wrap(
+            "Report the torch and transformers versions, whether nested tensors and PyTorch's fused "
+            "encoder kernel work here (by running them), the plugins found, those that failed to load and why, "
+            "conflicts and disabled plugins."
+        ),
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -326,10 +336,12 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "check",
         help="convert a small model (or a local checkpoint) and compare it with the original",
-        description="Convert MODEL and run a right-padded batch through the original and the converted "
-        "model, printing the largest difference per output (on the real tokens). MODEL is a model type "
-        "(see `bt list`; a small random-weight model is built from the plugin's example config) or a "
-        "local checkpoint folder (with a config.json). Nothing is downloaded.",
+        description=_wrap(
+            "Convert MODEL and run a right-padded batch through the original and the converted "
+            "model, printing the largest difference per output (on the real tokens). MODEL is a model type "
+            "(see `bt list`; a small random-weight model is built from the plugin's example config) or a "
+            "local checkpoint folder (with a config.json). Nothing is downloaded."
+        ),
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

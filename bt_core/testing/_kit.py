@@ -64,6 +64,11 @@ class AdapterConformance:
     - requested hidden states match;
     - ``reverse`` gives a ``state_dict`` bit-identical to the original.
 
+    Outputs are compared on the positions the inputs' ``attention_mask`` keeps when an output is per
+    token (its second dimension is the mask's length, or longer for text-then-image models like
+    ViLT); other outputs are compared whole. A model whose mask is not per token (audio masks in
+    sample space) should give ``example_inputs`` without padding.
+
     Class attributes to set: ``plugin`` (a module or object with hookimpls, or its import path);
     optionally ``plugin_name``, ``model_types`` (test only these), ``atol``, ``grad_atol``,
     ``batch_size``, ``seed``, ``perturb``.
