@@ -7,7 +7,7 @@ import torch
 
 from bt_core import BetterTransformer
 
-from .conftest import CASES, Case, build, converted_layers, make_batch
+from .conftest import CASES, Case, assert_close_on_valid, build, converted_layers, make_batch
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
@@ -40,3 +40,36 @@ def test_in_place_conversion_shares_weights_instead_of_copying_them(case: Case) 
     count = sum(p.numel() for p in model.parameters())
     BetterTransformer.transform(model)
     assert sum(p.numel() for p in model.parameters()) == count
+
+
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.id in ("bert", "distilbert", "albert", "xlm-roberta-xl")], ids=lambda c: c.id
+)
+def test_reverse_carries_weights_changed_after_conversion_back_to_the_original_names(case: Case) -> None:
+    """Fine-tune the converted model (here: one SGD step), reverse, and the original layout holds the
+    new weights: q/k/v are the slices of the fused in_proj, the rest the shared tensors themselves."""
+    from .conftest import zero_dropout_overrides
+
+    model = build(case, **zero_dropout_overrides(case)).train()
+    BetterTransformer.transform(model)
+    inputs = make_batch(model.config, "padded")
+    model(**inputs).last_hidden_state.pow(2).mean().backward()
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.grad is not None:
+                param -= 0.1 * param.grad
+    layer_name, layer = converted_layers(model)[0]
+    trained_in_proj = layer.in_proj_weight.detach().clone()
+    trained_linear1 = layer.linear1_weight.detach().clone()
+    model.eval()
+    with torch.inference_mode():
+        expected = model(**inputs).last_hidden_state
+
+    BetterTransformer.reverse(model)
+    original = model.get_submodule(layer_name)
+    paths = type(layer).PATHS
+    q, k, v = (original.get_submodule(paths[role][0]).weight for role in ("query", "key", "value"))
+    assert torch.equal(torch.cat([q, k, v]), trained_in_proj)
+    assert torch.equal(original.get_submodule(paths["feed-forward input"][0]).weight, trained_linear1)
+    with torch.inference_mode():
+        assert_close_on_valid(model(**inputs).last_hidden_state, expected, inputs["attention_mask"])
