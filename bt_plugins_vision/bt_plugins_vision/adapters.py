@@ -92,6 +92,15 @@ def _drop_path_rate(layer: nn.Module) -> float:
     return float(getattr(drop_path, "drop_prob", 0.0) or 0.0)
 
 
+def _keep_mask(mask: Tensor) -> Tensor:
+    """True where attention is allowed, for a bool, integer, 0/1 float or additive (0 / large negative) mask."""
+    if mask.dtype == torch.bool:
+        return mask
+    if not mask.is_floating_point():
+        return mask != 0
+    return mask > -1.0 if bool((mask < 0).any()) else mask > 0.5
+
+
 class _PreNormAdapter(BetterTransformerBaseLayer):
     """A pre-norm ViT-style layer: q/k/v/out linears, two-linear MLP, two layer norms."""
 
@@ -349,7 +358,7 @@ class ClipLayerAdapter(_ClipStyle):
             if mask is None:
                 call.attention_mask = causal[None, None]
             elif mask.dim() == 2:  # a padding mask: add the causal part transformers left to the kernel
-                keep = mask.bool() if mask.dtype == torch.bool or not mask.is_floating_point() else mask > 0.5
+                keep = _keep_mask(mask)
                 call.attention_mask = causal[None, None] & keep[:, None, None, :]
         return call
 

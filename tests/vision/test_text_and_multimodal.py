@@ -240,3 +240,23 @@ def test_vilt_attentions_and_question_answering_logits_match_original() -> None:
         assert_close(a, e)
     BetterTransformer.reverse(model)
     state_dicts_identical(before, model.state_dict())
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [None, torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]]), torch.tensor([[0.0, 0.0, 0.0, -1e9], [0.0, 0.0, -1e9, -1e9]])],
+    ids=["none", "keep", "additive"],
+)
+def test_clip_layer_reads_is_causal_as_a_causal_mask_combined_with_padding(mask: torch.Tensor | None) -> None:
+    from bt_plugins_vision.adapters import ClipLayerAdapter
+
+    model = build(vision_plugin.clip_text_config, "CLIPTextModel")
+    layer = ClipLayerAdapter(model.encoder.layers[0], model.config)
+    hidden = torch.zeros(2, 4, model.config.hidden_size)
+    call = layer.parse_call(hidden, (mask,), {"is_causal": True})
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    expected = causal.expand(2, 1, 4, 4)
+    if mask is not None:
+        keep = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]], dtype=torch.bool)
+        expected = expected & keep[:, None, None, :]
+    assert torch.equal(call.attention_mask.expand(2, 1, 4, 4), expected)
