@@ -55,3 +55,28 @@ def test_importing_the_plugin_imports_neither_torch_nor_transformers() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_users_get_the_pack_through_the_default_registry() -> None:
+    """No registration by hand: a fresh default registry discovers the pack and converts BERT."""
+    import torch
+
+    from bt_core import BetterTransformer
+    from bt_core.registry import default_registry, set_default_registry
+
+    from .conftest import CASES, assert_close_on_valid, build, converted_layers, make_batch
+
+    previous = set_default_registry(None)  # the next use discovers entry points, as in a user's process
+    try:
+        plugin = default_registry().mappings_for("bert")[0].plugin
+        assert (plugin.name, plugin.source) == ("encoders", "entry point")
+        original = build(next(c for c in CASES if c.id == "bert"))
+        converted = BetterTransformer.transform(original, keep_original_model=True)
+        assert converted_layers(converted)
+        inputs = make_batch(original.config, "padded")
+        with torch.inference_mode():
+            assert_close_on_valid(
+                converted(**inputs).last_hidden_state, original(**inputs).last_hidden_state, inputs["attention_mask"]
+            )
+    finally:
+        set_default_registry(previous)
