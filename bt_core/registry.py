@@ -146,8 +146,6 @@ class PluginRegistry:
         return self._order
 
     def _add(self, plugin: Any, info: PluginInfo) -> None:
-        api = self._check_api_version(plugin, info)
-        info = PluginInfo(info.name, info.source, info.distribution, info.version, api, info.order)
         if self.manager.has_plugin(info.name):
             raise PluginLoadError(
                 f"plugin {info.name!r} is already registered; unregister it first or pick another name."
@@ -156,24 +154,32 @@ class PluginRegistry:
             self.manager.register(plugin, name=info.name)
             # A misspelt hook would otherwise be ignored silently.
             self.manager.check_pending()
+            api = self._check_api_version(info)
         except pluggy.PluginValidationError as exc:
-            if self.manager.has_plugin(info.name):
-                self.manager.unregister(name=info.name)
+            self._drop(info.name)
             raise PluginLoadError(
                 f"plugin {info.name!r} does not fit the bt hookspecs: {exc}. Hooks are named in bt_core.hookspecs."
             ) from exc
-        self._plugins[info.name] = info
+        except BaseException:
+            self._drop(info.name)
+            raise
+        self._plugins[info.name] = PluginInfo(info.name, info.source, info.distribution, info.version, api, info.order)
         self._collected = None
 
-    def _check_api_version(self, plugin: Any, info: PluginInfo) -> str:
-        declare = getattr(plugin, "bt_plugin_api_version", None)
-        if declare is None:
+    def _drop(self, name: str) -> None:
+        if self.manager.has_plugin(name):
+            self.manager.unregister(name=name)
+
+    def _check_api_version(self, info: PluginInfo) -> str:
+        """The API version the registered plugin declares through its ``bt_plugin_api_version`` hookimpl."""
+        impls = [i for i in self.manager.hook.bt_plugin_api_version.get_hookimpls() if i.plugin_name == info.name]
+        if not impls:
             raise PluginLoadError(
                 f"plugin {info.name!r} does not declare the plugin API it was built for; add a "
-                f"`bt_plugin_api_version()` hookimpl returning {hookspecs.PLUGIN_API_VERSION!r}."
+                f"`@bt_core.hookimpl def bt_plugin_api_version()` returning {hookspecs.PLUGIN_API_VERSION!r}."
             )
         try:
-            declared = str(declare())
+            declared = str(impls[0].function())
         except Exception as exc:
             raise PluginLoadError(
                 f"plugin {info.name!r}: bt_plugin_api_version() raised {type(exc).__name__}: {exc}; "

@@ -138,3 +138,25 @@ def test_an_unknown_hook_name_is_refused_naming_the_plugin() -> None:
     with pytest.raises(bt_core.PluginLoadError, match=r"plugin 'typo' does not fit the bt hookspecs.*bt_register_layer"):
         registry.register(Typo(), "typo")
     assert registry.plugins() == []
+
+
+def test_the_api_declaration_is_read_from_the_hookimpl_whatever_its_python_name() -> None:
+    class Renamed:
+        @bt_core.hookimpl(specname="bt_plugin_api_version")
+        def declared_api(self) -> str:
+            return bt_core.PLUGIN_API_VERSION
+
+    registry = PluginRegistry(discover=False)
+    registry.register(Renamed(), "renamed")
+    assert [p.api_version for p in registry.plugins()] == [bt_core.PLUGIN_API_VERSION]
+
+
+def test_an_unmarked_function_is_not_an_api_declaration() -> None:
+    class Unmarked:
+        def bt_plugin_api_version(self) -> str:  # no @hookimpl: pluggy ignores it, so must bt
+            return bt_core.PLUGIN_API_VERSION
+
+    registry = PluginRegistry(discover=False)
+    with pytest.raises(bt_core.PluginLoadError, match="does not declare the plugin API"):
+        registry.register(Unmarked(), "unmarked")
+    assert not registry.manager.has_plugin("unmarked")
