@@ -182,7 +182,7 @@ def _commit(root: nn.Module, swaps: list[_Swap]) -> None:
         state = _StackState()
         for position, swap in enumerate(stack):
             swap.replacement.is_first_layer = position == 0
-            swap.replacement.is_last_layer = position == len(stack) - 1
+            swap.replacement.is_last_layer = position == len(stack) - 1 or swap.replacement.pads_every_output
             swap.replacement.__dict__["_bt_stack"] = state
     for swap in swaps:
         parent = root.get_submodule(swap.parent_name) if swap.parent_name else root

@@ -73,6 +73,10 @@ class BetterTransformerBaseLayer(nn.Module):
 
     #: Whether the installed transformers' encoder expects a tuple from this layer, not a tensor.
     returns_tuple: ClassVar[bool] = False
+    #: Set when the model's encoder reads each layer's output itself (records hidden states in its own
+    #: loop, adds embeddings between layers): every call then hands back the padded batch, instead of
+    #: the nested or packed tokens that otherwise travel from the first converted layer to the last.
+    pads_every_output: ClassVar[bool] = False
 
     in_proj_weight: nn.Parameter
     in_proj_bias: nn.Parameter

@@ -183,3 +183,26 @@ def test_an_adapter_crash_names_the_adapter_the_layer_and_the_fix(monkeypatch: p
     monkeypatch.setattr(ToyAdapter, "__init__", broken)
     with pytest.raises(BetterTransformerError, match=r"ToyAdapter from plugin 'toy' failed on layer layers\.0.*upgrade the plugin"):
         BetterTransformer.transform(make_toy())
+
+
+@pytest.mark.parametrize("strategy", ["fused", "packed"])
+@pytest.mark.parametrize("pads_every_output", [False, True])
+def test_only_the_last_layer_pads_back_unless_the_adapter_asks_for_every_layer(
+    monkeypatch: pytest.MonkeyPatch, strategy: str, pads_every_output: bool
+) -> None:
+    from bt_core import force_strategy
+
+    monkeypatch.setattr(ToyAdapter, "pads_every_output", pads_every_output)
+    model = BetterTransformer.transform(make_toy())
+    shapes = []
+    for layer in model.layers:
+        layer.register_forward_hook(lambda module, args, output: shapes.append(output.shape if not output.is_nested else "nested"))
+    ids, mask = padded_batch([5, 2, 7], 9)
+    with torch.inference_mode(), force_strategy(strategy):
+        model(ids, mask)
+    padded = torch.Size([3, 9, 32])
+    assert shapes[-1] == padded
+    if pads_every_output:
+        assert shapes == [padded] * 3
+    else:
+        assert padded not in shapes[:-1], "inner layers pass packed or nested tokens on"
