@@ -124,3 +124,13 @@ def test_requested_hidden_states_alone_match_original(case: Case) -> None:
     assert len(actual.hidden_states) == len(expected.hidden_states) > 1
     for got, want in zip(actual.hidden_states, expected.hidden_states, strict=True):
         assert_close_on_valid(got, want, inputs["attention_mask"])
+
+
+def test_forcing_fused_kernel_on_a_left_padded_batch_is_refused() -> None:
+    """The nested kernel needs right padding; the default strategy takes left padding exactly instead."""
+    (bert,) = [c for c in CASES if c.id == "bert"]
+    original, converted = original_and_converted(bert)
+    inputs = make_batch(original.config, "padded", left=True)
+    with torch.inference_mode(), bt_core.force_strategy("fused"):
+        with pytest.raises(BetterTransformerError, match="padding is not on the right"):
+            converted(**inputs)
