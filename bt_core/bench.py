@@ -1,10 +1,14 @@
 """``bt bench``: a converted model against its unconverted self, in one process.
 
 Every round runs, back to back, the converted model, the same model unconverted with transformers'
-default attention (sdpa) and, unless disabled, with eager attention, plus one GEMM of the model's
-shapes that measures the machine's matrix-multiply rate at that moment. Medians over the rounds
-after warm-up give the table; alternating inside a round keeps slow drifts of a shared machine out
-of the ratios.
+default attention (sdpa) and, unless disabled, with eager attention, plus the four projection GEMMs
+of one layer on as many rows as the batch has real tokens, which measure the machine's
+matrix-multiply rate at the model's shapes at that moment. Medians over the rounds after warm-up give
+the table; alternating inside a round keeps slow drifts of a shared machine out of the ratios.
+
+The roofline is the FLOPs of the real (non-padded) tokens only, projections plus attention over each
+row's own tokens, divided by that GEMM rate: the time an exact implementation would take if
+everything ran as fast as the model's matrix multiplies. ``bt/roofline`` is the measured time over it.
 
 Importing this module is light (``bt --help`` builds its parser from it): torch and transformers
 load inside the functions.
@@ -60,6 +64,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="wall: elapsed time (default); cpu: the process's CPU time, steadier on a shared machine with "
+        "--threads 1 (with more threads it also counts threads spinning while they wait)",
+    )
     parser.add_argument("--runs", type=int, default=5, help="timed rounds per padding fraction (default: 5)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds first (default: 1)")
     parser.add_argument(
@@ -91,6 +102,7 @@ def _main(args: argparse.Namespace) -> int:
             dtype=args.dtype,
             device=args.device,
             threads=args.threads,
+            clock=args.clock,
             runs=args.runs,
             warmup=args.warmup,
             strategy=args.strategy,
@@ -289,17 +301,19 @@ def _param_bytes(model: Any) -> int:
     return total
 
 
-def _timer(device: Any) -> Callable[[Callable[[], Any]], float]:
+def _timer(device: Any, clock: str = "wall") -> Callable[[Callable[[], Any]], float]:
     import torch
+
+    now = time.process_time if clock == "cpu" and device.type == "cpu" else time.perf_counter
 
     def measure(fn: Callable[[], Any]) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        start = time.perf_counter()
+        start = now()
         fn()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        return time.perf_counter() - start
+        return now() - start
 
     return measure
 
@@ -338,6 +352,7 @@ def run_bench(
     dtype: str = "float32",
     device: str = "cpu",
     threads: int | None = None,
+    clock: str = "wall",
     runs: int = 5,
     warmup: int = 1,
     strategy: str | None = None,
@@ -359,12 +374,14 @@ def run_bench(
 
     if runs < 1 or batch < 1 or length < 1:
         raise ValueError("--runs, --batch and --length must be positive")
+    if clock not in ("wall", "cpu"):
+        raise ValueError(f"clock {clock!r} is not wall or cpu")
     previous_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         return _run(
-            model, batch, length, padding, dtype, device, threads, runs, warmup, strategy, eager, json_path, say
+            model, batch, length, padding, dtype, device, threads, clock, runs, warmup, strategy, eager, json_path, say
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -378,6 +395,7 @@ def _run(
     dtype: str,
     device: str,
     threads: int | None,
+    clock: str,
     runs: int,
     warmup: int,
     strategy: str | None,
@@ -418,20 +436,33 @@ def _run(
     )
 
     layers, hidden, ffn = _dims(original.config)
-    measure = _timer(torch_device)
-    gemm_rows = batch * length
-    gemm_a = torch.randn(gemm_rows, hidden, device=torch_device, dtype=torch_dtype)
-    gemm_b = torch.randn(hidden, ffn, device=torch_device, dtype=torch_dtype)
-    gemm_flops = 2.0 * gemm_rows * hidden * ffn
+    measure = _timer(torch_device, clock)
 
-    def gemm() -> None:
-        torch.mm(gemm_a, gemm_b)
+    def gemm_probe(tokens: int) -> tuple[Callable[[], None], float]:
+        """The four projection GEMMs of one layer (q/k/v, output, feed-forward in and out) on ``tokens``
+        rows, bias-free, in the model's dtype: the work an exact implementation cannot avoid, at the
+        shapes it must run them. Returns the function and its FLOPs."""
+        x = torch.randn(tokens, hidden, device=torch_device, dtype=torch_dtype)
+        inner = torch.randn(tokens, ffn, device=torch_device, dtype=torch_dtype)
+        weights = [
+            torch.randn(rows, cols, device=torch_device, dtype=torch_dtype)
+            for rows, cols in ((3 * hidden, hidden), (hidden, hidden), (ffn, hidden), (hidden, ffn))
+        ]
+
+        def run() -> None:
+            torch.mm(x, weights[0].t())
+            torch.mm(x, weights[1].t())
+            torch.mm(x, weights[2].t())
+            torch.mm(inner, weights[3].t())
+
+        return run, 2.0 * tokens * (4 * hidden * hidden + 2 * hidden * ffn)
 
     rows = []
     with torch.inference_mode():
         for fraction in padding:
             inputs, lengths = _make_inputs(original, batch, length, fraction, torch_device, torch_dtype)
             flops = encoder_flops(original.config, lengths)
+            gemm, gemm_flops = gemm_probe(sum(lengths))
             times: dict[str, list[float]] = {"bt": [], **{name: [] for name in baselines}}
             rates: list[float] = []
             strategies: set[str] = set()
@@ -451,10 +482,9 @@ def _run(
                     elapsed = measure(call)
                     if timed:
                         times[name].append(elapsed)
-                for _ in range(3):
-                    elapsed = measure(gemm)
-                    if timed:
-                        rates.append(gemm_flops / elapsed)
+                elapsed = measure(gemm)
+                if timed:
+                    rates.append(gemm_flops / elapsed)
             median = {name: statistics.median(values) for name, values in times.items()}
             rate = statistics.median(rates)
             roofline_s = flops / rate
@@ -490,6 +520,7 @@ def _run(
             "length": length,
             "dtype": dtype,
             "device": str(torch_device),
+            "clock": clock,
             "runs": runs,
             "warmup": warmup,
             "strategy": strategy or "auto",
@@ -513,6 +544,8 @@ def _command_args(locals_: dict[str, Any]) -> list[str]:
     args += [f"--dtype {locals_['dtype']}", f"--device {locals_['device']}"]
     if locals_["threads"]:
         args.append(f"--threads {locals_['threads']}")
+    if locals_["clock"] != "wall":
+        args.append(f"--clock {locals_['clock']}")
     args += [f"--runs {locals_['runs']}", f"--warmup {locals_['warmup']}"]
     if locals_["strategy"]:
         args.append(f"--strategy {locals_['strategy']}")
@@ -530,7 +563,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"{machine['threads']} threads, torch {machine['torch']}, transformers {machine['transformers']}",
         f"conversion {conversion['seconds']:.3f} s; parameters {conversion['param_bytes_before'] / 2**20:.1f} MiB "
         f"before, {conversion['param_bytes_after'] / 2**20:.1f} MiB after",
-        f"medians of {settings['runs']} alternating runs after {settings['warmup']} warm-up; "
+        f"{settings['clock']}-clock medians of {settings['runs']} alternating runs after {settings['warmup']} warm-up; "
         f"strategy {settings['strategy']}",
         "",
     ]
