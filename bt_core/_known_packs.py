@@ -8,15 +8,42 @@ from __future__ import annotations
 KNOWN_PACKS: dict[str, frozenset[str]] = {
     "bt-plugins-encoders": frozenset(
         {
-            "albert", "bert", "bert-generation", "camembert", "data2vec-text", "distilbert", "electra",
-            "ernie", "layoutlm", "markuplm", "rembert", "roberta", "roc_bert", "splinter", "tapas",
-            "xlm-roberta", "xlm-roberta-xl",
+            "albert",
+            "bert",
+            "bert-generation",
+            "camembert",
+            "data2vec-text",
+            "distilbert",
+            "electra",
+            "ernie",
+            "layoutlm",
+            "markuplm",
+            "rembert",
+            "roberta",
+            "roc_bert",
+            "splinter",
+            "tapas",
+            "xlm-roberta",
+            "xlm-roberta-xl",
         }
     ),
     "bt-plugins-vision": frozenset(
         {
-            "beit", "clip", "clip_text_model", "clip_vision_model", "data2vec-vision", "deit", "dinov2",
-            "siglip", "siglip_text_model", "siglip_vision_model", "vilt", "vit", "vit_mae", "vit_msn", "yolos",
+            "beit",
+            "clip",
+            "clip_text_model",
+            "clip_vision_model",
+            "data2vec-vision",
+            "deit",
+            "dinov2",
+            "siglip",
+            "siglip_text_model",
+            "siglip_vision_model",
+            "vilt",
+            "vit",
+            "vit_mae",
+            "vit_msn",
+            "yolos",
         }
     ),
 }

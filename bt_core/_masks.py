@@ -93,3 +93,20 @@ def is_right_padded(key_keep: Tensor) -> bool:
         return False
     positions = torch.arange(key_keep.shape[1], device=key_keep.device)
     return bool(torch.equal(key_keep, positions[None, :] < lengths[:, None]))
+
+
+def add_causal(mask: Tensor | None, seq_len: int, device: torch.device) -> Tensor:
+    """``mask`` (any form above, or None) restricted to causal attention, as a 4-D bool keep mask.
+
+    transformers' SDPA path may hand a causal layer no mask and ``is_causal=True`` instead; the
+    fused and packed strategies know nothing of causality, so the causal part is made explicit.
+    """
+    causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=device).tril()[None, None]
+    if mask is None:
+        return causal
+    keep = to_keep_mask(mask)
+    if keep.dim() == 2:
+        keep = keep[:, None, None, :]
+    elif keep.dim() == 3:
+        keep = keep[:, None]
+    return keep & causal

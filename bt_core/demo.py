@@ -59,7 +59,9 @@ def _main(args: argparse.Namespace) -> int:
 
     print(format_table(result))
     verdict = "match" if difference <= args.atol else "DIFFER"
-    print(f"parity: outputs {verdict} on every real token (largest difference {difference:.2e}, tolerance {args.atol:g})")
+    print(
+        f"parity: outputs {verdict} on every real token (largest difference {difference:.2e}, tolerance {args.atol:g})"
+    )
     return 0 if difference <= args.atol else 1
 
 

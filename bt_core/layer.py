@@ -17,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ._activations import ACTIVATIONS, KERNEL_ACTIVATIONS
+from ._masks import add_causal
 from .errors import LayerValidationError
 
 __all__ = ["FUSED_PARAMETERS", "BetterTransformerBaseLayer", "LayerCall"]
@@ -124,8 +125,11 @@ class BetterTransformerBaseLayer(nn.Module):
         return fused
 
     def zeros(self, size: int, like: Tensor) -> nn.Parameter:
-        """A zero bias of ``size`` elements for a projection the original layer computes without one."""
-        return nn.Parameter(torch.zeros(size, dtype=like.dtype, device=like.device), requires_grad=like.requires_grad)
+        """A zero bias of ``size`` elements for a projection the original layer computes without one.
+
+        Frozen: the original has no such bias, so training must not grow one that ``reverse`` would drop.
+        """
+        return nn.Parameter(torch.zeros(size, dtype=like.dtype, device=like.device), requires_grad=False)
 
     def derive(self, value: Tensor, *sources: Tensor) -> nn.Parameter:
         """A parameter computed from ``sources``; they stay with the original layer for ``reverse``."""
@@ -133,8 +137,13 @@ class BetterTransformerBaseLayer(nn.Module):
         return nn.Parameter(value.detach().clone(), requires_grad=sources[0].requires_grad if sources else False)
 
     def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
-        """Read the mask and flags from the encoder's call. Override when the encoder passes them differently."""
+        """Read the mask and flags from the encoder's call. Override when the encoder passes them differently.
+
+        ``is_causal=True`` (how transformers' SDPA path marks a causal layer) is folded into the mask.
+        """
         mask = args[0] if args else kwargs.get("attention_mask")
+        if kwargs.get("is_causal") and not hidden_states.is_nested:
+            mask = add_causal(mask, hidden_states.shape[1], hidden_states.device)
         return LayerCall(
             hidden_states=hidden_states,
             attention_mask=mask,
@@ -229,8 +238,7 @@ class BetterTransformerBaseLayer(nn.Module):
         if key not in _warned:
             _warned.add(key)
             warnings.warn(
-                f"{type(self).__name__}: taking the reference path because {reason}; "
-                "results are exact, only slower.",
+                f"{type(self).__name__}: taking the reference path because {reason}; results are exact, only slower.",
                 stacklevel=3,
             )
 

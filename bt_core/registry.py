@@ -290,7 +290,9 @@ class PluginRegistry:
 
     def supported_model_types(self) -> dict[str, str]:
         """``{model_type: plugin_name}`` for every model type some loaded plugin converts."""
-        return {model_type: self.mappings_for(model_type)[0].plugin.name for model_type in sorted(self._collect().mappings)}
+        return {
+            model_type: self.mappings_for(model_type)[0].plugin.name for model_type in sorted(self._collect().mappings)
+        }
 
 
 def _precedence(info: PluginInfo) -> tuple[int, int, str]:

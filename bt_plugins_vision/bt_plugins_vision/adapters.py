@@ -92,15 +92,6 @@ def _drop_path_rate(layer: nn.Module) -> float:
     return float(getattr(drop_path, "drop_prob", 0.0) or 0.0)
 
 
-def _keep_mask(mask: Tensor) -> Tensor:
-    """True where attention is allowed, for a bool, integer, 0/1 float or additive (0 / large negative) mask."""
-    if mask.dtype == torch.bool:
-        return mask
-    if not mask.is_floating_point():
-        return mask != 0
-    return mask > -1.0 if bool((mask < 0).any()) else mask > 0.5
-
-
 class _PreNormAdapter(BetterTransformerBaseLayer):
     """A pre-norm ViT-style layer: q/k/v/out linears, two-linear MLP, two layer norms."""
 
@@ -346,21 +337,8 @@ class _ClipStyle(_PreNormAdapter):
 
 
 class ClipLayerAdapter(_ClipStyle):
-    """CLIP's vision and text towers. The text tower is causal: transformers may pass no mask and
-    ``is_causal=True`` (SDPA), so the causal mask is built here and the layer runs it whole."""
-
-    def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
-        call = super().parse_call(hidden_states, args, kwargs)
-        if kwargs.get("is_causal") and not hidden_states.is_nested:
-            seq_len = hidden_states.shape[1]
-            causal = torch.ones(seq_len, seq_len, dtype=torch.bool, device=hidden_states.device).tril()
-            mask = call.attention_mask
-            if mask is None:
-                call.attention_mask = causal[None, None]
-            elif mask.dim() == 2:  # a padding mask: add the causal part transformers left to the kernel
-                keep = _keep_mask(mask)
-                call.attention_mask = causal[None, None] & keep[:, None, None, :]
-        return call
+    """CLIP's vision and text towers. The text tower is causal; bt-core folds the ``is_causal=True``
+    transformers' SDPA path passes into the mask, so the layer runs the causal mask whole."""
 
 
 class SiglipLayerAdapter(_ClipStyle):

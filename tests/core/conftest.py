@@ -27,7 +27,9 @@ def make_toy(**overrides: object) -> ToyModel:
     return ToyModel(ToyConfig(**overrides)).eval()
 
 
-def padded_batch(lengths: list[int], seq_len: int, vocab: int = 50, left: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def padded_batch(
+    lengths: list[int], seq_len: int, vocab: int = 50, left: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """input_ids and a keep mask with one row per length, padded to ``seq_len``."""
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(1, vocab, (len(lengths), seq_len), generator=generator)

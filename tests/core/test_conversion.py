@@ -141,7 +141,9 @@ def test_an_unsupported_model_names_its_type_the_supported_types_and_the_pack() 
 def test_a_refused_model_type_quotes_the_plugins_reason() -> None:
     model = make_toy()
     model.config.model_type = "bt-toy-rotary"
-    with pytest.raises(UnsupportedModelError, match=r"'bt-toy-rotary' cannot be converted exactly: its attention applies rotary"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"'bt-toy-rotary' cannot be converted exactly: its attention applies rotary"
+    ):
         BetterTransformer.transform(model)
 
 
@@ -181,7 +183,9 @@ def test_an_adapter_crash_names_the_adapter_the_layer_and_the_fix(monkeypatch: p
         raise AttributeError("'ToyLayer' object has no attribute 'query'")
 
     monkeypatch.setattr(ToyAdapter, "__init__", broken)
-    with pytest.raises(BetterTransformerError, match=r"ToyAdapter from plugin 'toy' failed on layer layers\.0.*upgrade the plugin"):
+    with pytest.raises(
+        BetterTransformerError, match=r"ToyAdapter from plugin 'toy' failed on layer layers\.0.*upgrade the plugin"
+    ):
         BetterTransformer.transform(make_toy())
 
 
@@ -196,7 +200,9 @@ def test_only_the_last_layer_pads_back_unless_the_adapter_asks_for_every_layer(
     model = BetterTransformer.transform(make_toy())
     shapes = []
     for layer in model.layers:
-        layer.register_forward_hook(lambda module, args, output: shapes.append(output.shape if not output.is_nested else "nested"))
+        layer.register_forward_hook(
+            lambda module, args, output: shapes.append(output.shape if not output.is_nested else "nested")
+        )
     ids, mask = padded_batch([5, 2, 7], 9)
     with torch.inference_mode(), force_strategy(strategy):
         model(ids, mask)

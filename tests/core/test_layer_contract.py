@@ -180,3 +180,15 @@ def test_a_dtype_without_a_kernel_takes_an_exact_ordinary_path() -> None:
         actual = converted(ids, mask).last_hidden_state
     assert actual.dtype == torch.float64
     assert max_diff_on_tokens(actual, expected, mask) < 1e-10
+
+
+def test_is_causal_without_a_mask_attends_causally() -> None:
+    """transformers' SDPA path hands a causal layer no mask and is_causal=True (CLIP's text tower)."""
+    adapter = _adapter().eval()
+    hidden = torch.randn(2, 5, 32)
+    with torch.inference_mode():
+        causal = adapter(hidden, None, is_causal=True)
+        explicit = adapter(hidden, torch.ones(5, 5, dtype=torch.bool).tril()[None, None].expand(2, 1, 5, 5))
+        bidirectional = adapter(hidden, None)
+    torch.testing.assert_close(causal, explicit)
+    assert not torch.allclose(causal[:, :-1], bidirectional[:, :-1])

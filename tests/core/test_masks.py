@@ -75,3 +75,13 @@ def test_right_padding_is_recognised_and_left_padding_is_not() -> None:
     assert not is_right_padded(KEEP.flip(1))
     assert not is_right_padded(torch.tensor([[True, False, True, False]]))
     assert not is_right_padded(torch.tensor([[False, False, False, False]])), "an empty row cannot be nested"
+
+
+def test_is_causal_is_folded_into_any_mask() -> None:
+    from bt_core._masks import add_causal
+
+    causal = torch.ones(4, 4, dtype=torch.bool).tril()
+    assert torch.equal(add_causal(None, 4, torch.device("cpu"))[0, 0], causal)
+    combined = add_causal(_forms(KEEP)["additive dtype-min"], 4, torch.device("cpu"))
+    assert torch.equal(combined[0, 0], causal & KEEP[0][None, :])
+    assert not read_mask(combined, batch=2, seq_len=4).is_key_padding

@@ -86,7 +86,9 @@ def test_a_plugin_that_fails_to_import_is_reported_and_the_others_load(installed
         FakeDistribution("bt-good", "1.0", {"good": "good_plugin"}),
     )
     registry = PluginRegistry()
-    with pytest.warns(UserWarning, match=r"skipping plugin 'broken' \(bt-broken 0\.3\): failed to load: ModuleNotFoundError"):
+    with pytest.warns(
+        UserWarning, match=r"skipping plugin 'broken' \(bt-broken 0\.3\): failed to load: ModuleNotFoundError"
+    ):
         assert registry.supported_model_types() == {"good": "good"}
     assert [f.name for f in registry.failures] == ["broken"]
 
@@ -135,7 +137,9 @@ def test_an_unknown_hook_name_is_refused_naming_the_plugin() -> None:
             return []
 
     registry = PluginRegistry(discover=False)
-    with pytest.raises(bt_core.PluginLoadError, match=r"plugin 'typo' does not fit the bt hookspecs.*bt_register_layer"):
+    with pytest.raises(
+        bt_core.PluginLoadError, match=r"plugin 'typo' does not fit the bt hookspecs.*bt_register_layer"
+    ):
         registry.register(Typo(), "typo")
     assert registry.plugins() == []
 
