@@ -235,13 +235,7 @@ class TupleBertLayerAdapter(BertLayerAdapter):
     # it (no transformers output-capture hook, and the flag is not passed to the layer). A packed or
     # nested batch carried from layer to layer would land in the user's hidden states, so every layer
     # hands back the padded batch, as a last layer does.
-    @property
-    def is_last_layer(self) -> bool:
-        return True
-
-    @is_last_layer.setter
-    def is_last_layer(self, value: bool) -> None:
-        pass
+    pads_every_output: ClassVar[bool] = True
 
     def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         call = super().parse_call(hidden_states, args, kwargs)

@@ -12,7 +12,7 @@ whose towers differ, and ``ViTMAEForPreTraining``'s decoder layers have their ow
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -302,13 +302,7 @@ class ViltLayerAdapter(_PreNormAdapter):
     # ViltEncoder records ``output_hidden_states`` itself, between layers, where bt cannot see it: a
     # packed or nested batch carried from layer to layer would land in the user's hidden states as a
     # (tokens, hidden) matrix. So every ViLT layer hands back the padded batch, as a last layer does.
-    @property
-    def is_last_layer(self) -> bool:
-        return True
-
-    @is_last_layer.setter
-    def is_last_layer(self, value: bool) -> None:
-        pass
+    pads_every_output: ClassVar[bool] = True
 
     def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         mask = args[0] if args else kwargs.get("attention_mask")
