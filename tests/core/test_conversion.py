@@ -212,3 +212,15 @@ def test_only_the_last_layer_pads_back_unless_the_adapter_asks_for_every_layer(
         assert shapes == [padded] * 3
     else:
         assert padded not in shapes[:-1], "inner layers pass packed or nested tokens on"
+
+
+def test_a_converted_model_can_be_deep_copied_and_pickled(tmp_path) -> None:
+    import copy
+
+    model = BetterTransformer.transform(make_toy())
+    ids, mask = padded_batch([5, 2, 7], 9)
+    torch.save(model, tmp_path / "model.pt")
+    for clone in (copy.deepcopy(model), torch.load(tmp_path / "model.pt", weights_only=False)):
+        with torch.inference_mode():
+            torch.testing.assert_close(clone(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
+        assert clone.layers[0]._bt_stack is clone.layers[2]._bt_stack, "layers of one stack share their state"
