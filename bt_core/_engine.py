@@ -5,11 +5,16 @@ Strategies, all exact against the original layer:
 - ``fused``: ``torch._transformer_encoder_layer_fwd`` on a nested tensor built from the padding
   mask at the first layer, un-nested at the last. Needs right padding, an activation the kernel
   computes (exact gelu/relu), an even head count and a dtype the kernel has on this device.
-- ``packed``: the real tokens gathered into one ``(tokens, hidden)`` matrix for every projection,
-  norm and feed-forward; attention runs on the padded q/k/v with ``scaled_dot_product_attention``.
-  Takes any padding layout and any activation.
+- ``packed``: the real tokens gathered into one ``(tokens, hidden)`` matrix at the first layer and
+  kept packed through the stack to the last; every projection, norm and feed-forward runs on real
+  tokens only, and attention runs per row over that row's own tokens with
+  ``scaled_dot_product_attention`` (no mask, no padded q/k/v). Takes any padding layout and any
+  activation.
 - ``dense``: the same ordinary ops on the whole padded tensor, with the mask as given (no padding,
   or a mask that is more than key padding, such as CLIP's causal text mask).
+
+On CPU the choice is ``packed`` with padding and ``dense`` without; the fused kernel is kept for
+padded batches on CUDA. The numbers behind it are in :func:`_fused_wins` and BENCHMARKS.md.
 - ``reference``: differentiable ops with explicit attention probabilities, dropout and head mask,
   for training, autograd and requested attentions or hidden states.
 """
@@ -139,20 +144,26 @@ def choose_strategy(
                 )
             return Strategy.DENSE  # nothing to pack
         return forced
-    if not layout.has_padding:
-        if why_not_fused(layer, call.hidden_states, layout) is None and _fused_wins(call.hidden_states, layout):
-            return Strategy.FUSED
-        return Strategy.DENSE
-    if why_not_fused(layer, call.hidden_states, layout) is None and _fused_wins(call.hidden_states, layout):
+    if _fused_wins(call.hidden_states, layout) and why_not_fused(layer, call.hidden_states, layout) is None:
         return Strategy.FUSED
-    return Strategy.PACKED
+    return Strategy.PACKED if layout.has_padding else Strategy.DENSE
 
 
 def _fused_wins(hidden_states: Tensor, layout: MaskLayout) -> bool:
-    # Measured with `bt bench` (BENCHMARKS.md): on CPU the packed strategy beats the fused kernel at
-    # every padding fraction, because the kernel's attention is slower than SDPA's; on CUDA the
-    # kernel's nested attention wins.
-    return hidden_states.device.type == "cuda"
+    """Whether the fused kernel is the fastest exact strategy for this call (when it is eligible).
+
+    CPU (measured, BENCHMARKS.md "Choosing a strategy"; BERT-base, 1 thread, CPU-clock medians):
+    never. With padding, ``packed`` beats it at every fraction and shape measured (e.g. batch 16 x 128
+    at 50% padding: packed 0.57 of fused's time; the kernel pads each nested row's attention and runs
+    it as bmm + softmax, slower than SDPA's flash kernel over each row's own tokens). Without padding
+    ``dense`` matches it at 128 tokens and beats it on long sequences (1,600 tokens: the kernel's
+    materialised attention matrix costs 1.2x in fp32 and 1.6x in bf16 against SDPA's flash kernel).
+
+    CUDA: not measured (no GPU in this work); PyTorch's nested-tensor kernel is the path its authors
+    tuned for padded GPU batches, so it is kept for padded batches, and ``dense`` (SDPA) without padding.
+    ``bt bench --device cuda`` measures it; BENCHMARKS.md has the command.
+    """
+    return hidden_states.device.type == "cuda" and layout.has_padding
 
 
 def run_layer(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tensor, Tensor | None]:

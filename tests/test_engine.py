@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -295,11 +296,12 @@ def test_choice_for_a_nested_input_is_fused(layer) -> None:
 
 
 def test_fused_wins_follows_the_measurements() -> None:
+    padded = read_mask(keep_mask("right"), BATCH, SEQ)
     cpu = torch.empty(16, 128, 768)
-    assert not _fused_wins(cpu, read_mask(keep_mask("right"), BATCH, SEQ))
-    assert not _fused_wins(cpu, NO_MASK)
-    cuda = torch.empty(16, 128, 768, device="meta")
-    # A meta tensor stands for a device without measurements: no fused.
+    assert not _fused_wins(cpu, padded)  # CPU: packed beats it at every padding fraction measured
+    assert not _fused_wins(cpu, NO_MASK)  # CPU: dense matches it at 128 tokens, beats it on long ones
+    cuda = SimpleNamespace(device=torch.device("cuda"))  # stands in for a CUDA tensor
+    assert _fused_wins(cuda, padded)
     assert not _fused_wins(cuda, NO_MASK)
 
 
