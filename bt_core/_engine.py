@@ -133,6 +133,11 @@ def choose_strategy(
     if packed_input:
         return Strategy.PACKED  # an earlier layer packed the batch: stay on the packed path
     if forced is not None:
+        if forced in (Strategy.FUSED, Strategy.PACKED) and layer.reads_padded_positions and layout.has_padding:
+            raise BetterTransformerError(
+                f"strategy {forced.value!r} was forced, but {type(layer).__name__} declares that its model "
+                "reads outputs at padded positions, which only 'dense' computes; unset it."
+            )
         if forced is Strategy.FUSED:
             blocker = why_not_fused(layer, call.hidden_states, layout)
             if blocker:
@@ -144,6 +149,8 @@ def choose_strategy(
                 )
             return Strategy.DENSE  # nothing to pack
         return forced
+    if layer.reads_padded_positions and layout.has_padding:
+        return Strategy.DENSE  # the only fast path that computes padded positions as the original does
     if _fused_wins(call.hidden_states, layout) and why_not_fused(layer, call.hidden_states, layout) is None:
         return Strategy.FUSED
     return Strategy.PACKED if layout.has_padding else Strategy.DENSE
@@ -199,10 +206,12 @@ def _layer_math(
     layer: BetterTransformerBaseLayer,
     tokens: Tensor,
     attend: Callable[[Tensor], Tensor],
-    dropout: Callable[[Tensor], Tensor] = lambda t: t,
+    regularise: Callable[[Tensor, str], Tensor] = lambda t, branch: t,
 ) -> Tensor:
     """One encoder layer on ``tokens`` of shape ``(..., hidden)``; ``attend`` maps packed q/k/v to context.
 
+    ``regularise(output, branch)`` is applied to each residual branch's output before it is added
+    (``branch`` is ``"attention"`` or ``"feed_forward"``): dropout and stochastic depth in training.
     Differentiable (the reference path); the fast paths use :func:`_fast_layer_math`.
     """
     shape = (layer.embed_dim,)
@@ -211,11 +220,11 @@ def _layer_math(
 
     def attention_block(x: Tensor) -> Tensor:
         qkv = F.linear(x, layer.in_proj_weight, layer.in_proj_bias)
-        return dropout(F.linear(attend(qkv), layer.out_proj_weight, layer.out_proj_bias))
+        return regularise(F.linear(attend(qkv), layer.out_proj_weight, layer.out_proj_bias), "attention")
 
     def feed_forward(x: Tensor) -> Tensor:
         inner = act(F.linear(x, layer.linear1_weight, layer.linear1_bias))
-        return dropout(F.linear(inner, layer.linear2_weight, layer.linear2_bias))
+        return regularise(F.linear(inner, layer.linear2_weight, layer.linear2_bias), "feed_forward")
 
     if layer.norm_first:
         x = tokens + attention_block(F.layer_norm(tokens, shape, layer.norm1_weight, layer.norm1_bias, eps))
@@ -381,10 +390,17 @@ def _reference(
         probabilities.append(probs)
         return context
 
-    def dropout(t: Tensor) -> Tensor:
-        return F.dropout(t, p=layer.hidden_dropout, training=training)
+    def regularise(t: Tensor, branch: str) -> Tensor:
+        if not training:
+            return t
+        t = F.dropout(t, p=layer.branch_dropout(branch), training=True)
+        if layer.drop_path > 0:  # stochastic depth: drop the whole branch for some samples
+            keep = 1.0 - layer.drop_path
+            sample = t.new_empty((t.shape[0],) + (1,) * (t.dim() - 1)).bernoulli_(keep)
+            t = t * sample.div_(keep) if keep > 0 else t * 0.0
+        return t
 
-    out = _layer_math(layer, hidden_states, attend, dropout)
+    out = _layer_math(layer, hidden_states, attend, regularise)
     return out, probabilities[0] if probabilities else None
 
 

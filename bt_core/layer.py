@@ -78,6 +78,10 @@ class BetterTransformerBaseLayer(nn.Module):
     #: loop, adds embeddings between layers): every call then hands back the padded batch, instead of
     #: the nested or packed tokens that otherwise travel from the first converted layer to the last.
     pads_every_output: ClassVar[bool] = False
+    #: Set when something after the layers reads outputs at padded positions (SigLIP's text pooler
+    #: reads the last position): padded batches then run ``dense``, which computes every position as
+    #: the original does, instead of skipping padding.
+    reads_padded_positions: ClassVar[bool] = False
 
     in_proj_weight: nn.Parameter
     in_proj_bias: nn.Parameter
@@ -106,9 +110,15 @@ class BetterTransformerBaseLayer(nn.Module):
         self.norm2_eps: float | None = None
         self.activation: str = "gelu"
         self.norm_first: bool = False
-        #: Dropout probabilities, applied by the reference path in training mode.
+        #: Regularisation, applied by the reference path in training mode: dropout on the attention
+        #: probabilities; dropout on each residual branch's output (``hidden_dropout`` for both unless
+        #: ``attention_output_dropout``/``feed_forward_dropout`` say otherwise, e.g. 0.0 for a branch
+        #: the original leaves alone); stochastic depth (``drop_path``) on each branch, per sample.
         self.attention_dropout: float = 0.0
         self.hidden_dropout: float = 0.0
+        self.attention_output_dropout: float | None = None
+        self.feed_forward_dropout: float | None = None
+        self.drop_path: float = 0.0
         #: Position in the encoder's layer list; set by the conversion.
         self.is_first_layer = True
         self.is_last_layer = True
@@ -135,6 +145,11 @@ class BetterTransformerBaseLayer(nn.Module):
         """A parameter computed from ``sources``; they stay with the original layer for ``reverse``."""
         self._bt_derived_sources.update(id(s) for s in sources)
         return nn.Parameter(value.detach().clone(), requires_grad=sources[0].requires_grad if sources else False)
+
+    def branch_dropout(self, branch: str) -> float:
+        """The dropout probability on the output of ``branch`` (``"attention"`` or ``"feed_forward"``)."""
+        specific = self.attention_output_dropout if branch == "attention" else self.feed_forward_dropout
+        return self.hidden_dropout if specific is None else specific
 
     def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         """Read the mask and flags from the encoder's call. Override when the encoder passes them differently.

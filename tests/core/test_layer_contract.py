@@ -192,3 +192,46 @@ def test_is_causal_without_a_mask_attends_causally() -> None:
         bidirectional = adapter(hidden, None)
     torch.testing.assert_close(causal, explicit)
     assert not torch.allclose(causal[:, :-1], bidirectional[:, :-1])
+
+
+def test_each_residual_branch_can_have_its_own_dropout() -> None:
+    """Some layers (DistilBERT, ALBERT) drop out one residual branch only."""
+    original = make_toy(norm_first=True)
+    with torch.no_grad():
+        for layer in original.layers:
+            layer.o.weight.zero_()
+            layer.o.bias.zero_()  # the attention branch now adds nothing
+    converted = BetterTransformer.transform(make_toy(norm_first=True)).train()
+    for layer in converted.layers:
+        layer.attention_output_dropout, layer.feed_forward_dropout = 1.0, 0.0
+    ids, mask = padded_batch([6, 6], 6)
+    expected = original(ids, mask).last_hidden_state
+    assert max_diff_on_tokens(converted(ids, mask).last_hidden_state, expected, mask) < 1e-5
+    assert converted.layers[0].branch_dropout("attention") == 1.0
+    assert converted.layers[0].branch_dropout("feed_forward") == 0.0
+
+
+def test_stochastic_depth_drops_whole_branches_in_training_only() -> None:
+    converted = BetterTransformer.transform(make_toy(norm_first=True))
+    for layer in converted.layers:
+        layer.drop_path = 1.0
+    ids, mask = padded_batch([6, 6], 6)
+    embeddings = converted.embeddings(ids)
+    torch.testing.assert_close(converted.train()(ids, mask).last_hidden_state, embeddings)
+    with torch.inference_mode():
+        assert not torch.allclose(converted.eval()(ids, mask).last_hidden_state, embeddings)
+
+
+def test_a_model_reading_padded_positions_runs_dense_on_padded_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    from bt_core._engine import record_strategies
+
+    monkeypatch.setattr(ToyAdapter, "reads_padded_positions", True)
+    original = make_toy()
+    converted = BetterTransformer.transform(original, keep_original_model=True)
+    ids, mask = padded_batch([7, 2, 5], 9)
+    with torch.inference_mode(), record_strategies(set()) as used:
+        expected = original(ids, mask).last_hidden_state
+        torch.testing.assert_close(converted(ids, mask).last_hidden_state, expected, atol=1e-5, rtol=0)
+    assert used == {"dense"}, "padded positions are computed, as the original computes them"
+    with torch.inference_mode(), force_strategy("packed"), pytest.raises(BetterTransformerError, match="padded positions"):
+        converted(ids, mask)
