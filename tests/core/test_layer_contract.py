@@ -233,5 +233,9 @@ def test_a_model_reading_padded_positions_runs_dense_on_padded_batches(monkeypat
         expected = original(ids, mask).last_hidden_state
         torch.testing.assert_close(converted(ids, mask).last_hidden_state, expected, atol=1e-5, rtol=0)
     assert used == {"dense"}, "padded positions are computed, as the original computes them"
-    with torch.inference_mode(), force_strategy("packed"), pytest.raises(BetterTransformerError, match="padded positions"):
+    with (
+        torch.inference_mode(),
+        force_strategy("packed"),
+        pytest.raises(BetterTransformerError, match="padded positions"),
+    ):
         converted(ids, mask)
