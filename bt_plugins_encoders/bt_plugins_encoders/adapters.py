@@ -83,9 +83,8 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
     ACTIVATION_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_act",)
     ATTENTION_DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ("attention_probs_dropout_prob",)
     HIDDEN_DROPOUT_FIELDS: ClassVar[tuple[str, ...]] = ("hidden_dropout_prob",)
-    #: The residual branch the original layer does *not* apply ``hidden_dropout`` to, if any. bt's
-    #: reference path drops out both branches, so such a layer with hidden dropout > 0 refuses
-    #: training mode instead of training with a dropout the original does not have.
+    #: The residual branch (``"attention"`` or ``"feed_forward"``) the original layer does *not* apply
+    #: ``hidden_dropout`` to, if any; the reference path then leaves that branch alone in training too.
     UNDROPPED_BRANCH: ClassVar[str | None] = None
     #: Candidate paths of the layer's activation module, checked against the config's name.
     ACTIVATION_PATHS: ClassVar[tuple[str, ...]] = ("intermediate.intermediate_act_fn",)
@@ -115,24 +114,10 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
         self._check_activation(layer)
         self.attention_dropout = float(_config_value(config, self.ATTENTION_DROPOUT_FIELDS, 0.0))
         self.hidden_dropout = float(_config_value(config, self.HIDDEN_DROPOUT_FIELDS, 0.0))
-        #: Why training mode cannot be computed exactly, or None when it can.
-        self.training_blocker: str | None = None
-        if self.UNDROPPED_BRANCH and self.hidden_dropout > 0:
-            field = self.HIDDEN_DROPOUT_FIELDS[0]
-            self.training_blocker = (
-                f"the original layer applies config.{field}={self.hidden_dropout} dropout to one residual "
-                f"branch only (not to the {self.UNDROPPED_BRANCH} output), while bt's training path drops out "
-                f"both. Build the model with config.{field}=0.0 before converting, or call "
-                "BetterTransformer.reverse(model) before training; inference (eval mode) is exact"
-            )
-
-    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.training and self.training_blocker:
-            raise UnsupportedModelError(
-                f"{type(self).__name__} (converting {self.bt_layer_name}) cannot run in training mode: "
-                f"{self.training_blocker}."
-            )
-        return super().forward(hidden_states, *args, **kwargs)
+        if self.UNDROPPED_BRANCH == "attention":
+            self.attention_output_dropout = 0.0
+        elif self.UNDROPPED_BRANCH == "feed_forward":
+            self.feed_forward_dropout = 0.0
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -248,7 +233,7 @@ class XLMRobertaXLLayerAdapter(BertLayerAdapter):
     """``XLMRobertaXLLayer``: BERT's attention and feed-forward, pre-norm."""
 
     NORM_FIRST: ClassVar[bool] = True
-    UNDROPPED_BRANCH: ClassVar[str | None] = "feed-forward"
+    UNDROPPED_BRANCH: ClassVar[str | None] = "feed_forward"
     PATHS: ClassVar[dict[str, tuple[str, ...]]] = {
         **BertLayerAdapter.PATHS,
         "first layer norm": ("attention.self_attn_layer_norm",),
@@ -287,7 +272,7 @@ class AlbertLayerAdapter(EncoderLayerAdapter):
     strategies, and the kernel runs only for configs with ``hidden_act`` ``"gelu"`` or ``"relu"``.
     """
 
-    UNDROPPED_BRANCH: ClassVar[str | None] = "feed-forward"  # AlbertLayer.dropout exists but is never applied
+    UNDROPPED_BRANCH: ClassVar[str | None] = "feed_forward"  # AlbertLayer.dropout exists but is never applied
     ACTIVATION_PATHS: ClassVar[tuple[str, ...]] = ("activation",)
     PATHS: ClassVar[dict[str, tuple[str, ...]]] = {
         "query": ("attention.query",),

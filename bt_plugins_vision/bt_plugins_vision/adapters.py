@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from bt_core import BetterTransformerBaseLayer, UnsupportedModelError, force_strategy
+from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
 from bt_core.layer import LayerCall
 
 __all__ = [
@@ -134,8 +134,7 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
         own = _own_config(layer, config)
         self.attention_dropout = float(getattr(own, "attention_probs_dropout_prob", 0.0) or 0.0)
         self.hidden_dropout = self.residual_dropout(layer, own)
-        #: Why training mode cannot be computed exactly (None when it can).
-        self.training_blocker = self.find_training_blocker(layer, own)
+        self.drop_path = _drop_path_rate(layer)
 
     # -- pieces subclasses refine -------------------------------------------------------------------
 
@@ -146,16 +145,6 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
     def residual_dropout(self, layer: nn.Module, own_config: Any) -> float:
         """The dropout on each branch output before the residual add."""
         return float(getattr(own_config, "hidden_dropout_prob", 0.0) or 0.0)
-
-    def find_training_blocker(self, layer: nn.Module, own_config: Any) -> str | None:
-        rate = _drop_path_rate(layer)
-        if rate > 0.0:
-            return (
-                f"its stochastic depth (drop_path_rate={rate}) drops whole residual branches in training "
-                "mode, which the fused layer does not do; set config.drop_path_rate=0.0 before building the "
-                "model, or train the unconverted model (BetterTransformer.reverse(model))"
-            )
-        return None
 
     # -- helpers ----------------------------------------------------------------------------------
 
@@ -189,16 +178,6 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
             folded_b = bias * scale.detach()
         return self.derive(folded_w, weight, scale), self.derive(folded_b, bias, scale)
 
-    # -- running ------------------------------------------------------------------------------------
-
-    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-        if self.training and self.training_blocker:
-            raise UnsupportedModelError(
-                f"{type(self).__name__} (converting {self.bt_layer_name}) cannot run in training mode: "
-                f"{self.training_blocker}."
-            )
-        return super().forward(hidden_states, *args, **kwargs)
-
 
 class ViTLayerAdapter(_PreNormAdapter):
     """``ViTLayer``, ``DeiTLayer``, ``ViTMAELayer`` (encoder and decoder), ``ViTMSNLayer``."""
@@ -222,24 +201,17 @@ class Dinov2LayerAdapter(_PreNormAdapter):
                 "this model unconverted."
             )
         super().__init__(layer, config)
+        older_release_dropout = [m.p for m in layer.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+        if older_release_dropout:
+            self.attention_output_dropout = older_release_dropout[0]
 
     def layer_scales(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
         return layer.layer_scale1.lambda1, layer.layer_scale2.lambda1
 
     def residual_dropout(self, layer: nn.Module, own_config: Any) -> float:
-        # transformers >= 5.2x: no dropout on the branches; older: only after the attention output.
+        # transformers >= 5.2x: no dropout on the branches; older releases: only after the attention
+        # output (set in __init__ as attention_output_dropout).
         return 0.0
-
-    def find_training_blocker(self, layer: nn.Module, own_config: Any) -> str | None:
-        blocker = super().find_training_blocker(layer, own_config)
-        if blocker:
-            return blocker
-        if any(isinstance(m, nn.Dropout) and m.p > 0 for m in layer.modules()):
-            return (
-                "this transformers release applies hidden dropout to the attention branch only, which the "
-                "fused layer does not mirror; set config.hidden_dropout_prob=0.0 for training"
-            )
-        return None
 
 
 class _BeitLike(_PreNormAdapter):
@@ -266,6 +238,9 @@ class _BeitLike(_PreNormAdapter):
                 "cannot take; run this model unconverted."
             )
         super().__init__(layer, config)
+        older_release_dropout = [m.p for m in layer.modules() if isinstance(m, nn.Dropout) and m.p > 0]
+        if older_release_dropout:
+            self.attention_output_dropout = older_release_dropout[0]
 
     def layer_scales(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
         lambda_1, lambda_2 = getattr(layer, "lambda_1", None), getattr(layer, "lambda_2", None)
@@ -337,12 +312,7 @@ class ClipLayerAdapter(_ClipStyle):
 
 class SiglipLayerAdapter(_ClipStyle):
     """SigLIP's towers. SigLIP's text pooler reads the *last* position, which is padding in a padded
-    batch, so padded positions must be computed as the original does: with a padding mask the layer
-    runs the ``dense`` strategy (every position, mask applied whole) instead of dropping padding."""
+    batch, so padded positions must be computed as the original does: padded batches run ``dense``
+    (every position, mask applied whole) instead of dropping padding."""
 
-    def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-        call = self.parse_call(hidden_states, args, kwargs)
-        if call.attention_mask is not None and not hidden_states.is_nested and self.forward_checker(call) is None:
-            with force_strategy("dense"):
-                return super().forward(hidden_states, *args, **kwargs)
-        return super().forward(hidden_states, *args, **kwargs)
+    reads_padded_positions: ClassVar[bool] = True

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from bt_core import BetterTransformerBaseLayer
 from bt_core.layer import FUSED_PARAMETERS
 
 from .conftest import (
@@ -84,16 +85,18 @@ def test_padding_is_honoured_on_the_reference_path() -> None:
     torch.testing.assert_close(batched, alone, atol=1e-5, rtol=0)
 
 
-# Layers whose original applies hidden dropout to one residual branch only.
-ONE_BRANCH_DROPOUT = {"distilbert": "dropout", "xlm-roberta-xl": "hidden_dropout_prob", "albert": "hidden_dropout_prob"}
+# Layers whose original applies hidden dropout to one residual branch only, and that branch.
+ONE_BRANCH_DROPOUT = {
+    "distilbert": ("dropout", "attention"),
+    "xlm-roberta-xl": ("hidden_dropout_prob", "feed_forward"),
+    "albert": ("hidden_dropout_prob", "feed_forward"),
+}
 
 
 @pytest.mark.parametrize("model_type", sorted(ONE_BRANCH_DROPOUT))
-def test_training_with_dropout_on_one_branch_only_is_refused_and_inference_still_runs(model_type: str) -> None:
-    from bt_core import UnsupportedModelError
-
+def test_training_drops_out_only_the_branch_the_original_drops_out(model_type: str) -> None:
     case = next(c for c in CASES if c.id == model_type)
-    field = ONE_BRANCH_DROPOUT[model_type]
+    field, undropped = ONE_BRANCH_DROPOUT[model_type]
     original = build(case, **{field: 0.1})
     converted = convert_copy(original)
     inputs = make_batch(original.config, "padded")
@@ -101,10 +104,12 @@ def test_training_with_dropout_on_one_branch_only_is_refused_and_inference_still
         assert_close_on_valid(
             converted(**inputs).last_hidden_state, original(**inputs).last_hidden_state, inputs["attention_mask"]
         )
-    converted.train()
-    expected = rf"cannot run in training mode: .*config\.{field}=0\.1 .*one residual branch.*{field}=0\.0"
-    with pytest.raises(UnsupportedModelError, match=expected):
-        converted(**inputs)
+    layers = [m for m in converted.modules() if isinstance(m, BetterTransformerBaseLayer)]
+    dropped = "feed_forward" if undropped == "attention" else "attention"
+    assert all(layer.branch_dropout(undropped) == 0.0 for layer in layers)
+    assert all(layer.branch_dropout(dropped) == 0.1 for layer in layers)
+    out = converted.train()(**inputs).last_hidden_state
+    assert out.requires_grad and torch.isfinite(out).all()
 
 
 def test_training_with_dropout_on_both_branches_runs() -> None:
