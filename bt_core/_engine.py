@@ -425,8 +425,16 @@ class _StackState(threading.local):
         return (_StackState, ())
 
     def carries(self, hidden_states: Tensor) -> bool:
-        """Whether ``hidden_states`` is the packed matrix the previous layer of this stack returned."""
-        return self.carry is not None and hidden_states is self.carry
+        """Whether ``hidden_states`` is the packed matrix the previous layer of this stack returned.
+
+        Recognised by identity, or, when the encoder transformed it between layers (an elementwise op
+        gives a new tensor), by its 2-D ``(tokens, hidden)`` shape: layers never receive 2-D input otherwise.
+        """
+        if self.carry is None:
+            return False
+        return hidden_states is self.carry or (
+            hidden_states.dim() == 2 and not hidden_states.is_nested and hidden_states.shape == self.carry.shape
+        )
 
 
 def _padded(layer: BetterTransformerBaseLayer, hidden_states: Tensor) -> Tensor:

@@ -350,3 +350,17 @@ def test_fused_refuses_float16_on_cpu(layer) -> None:
     layer = layer.to(torch.float16)
     with force_strategy("fused"), pytest.raises(BetterTransformerError, match="float16"):
         choose(layer, "right", states=hidden(torch.float16))
+
+
+def test_packed_survives_an_elementwise_op_between_layers(models) -> None:
+    """An encoder that transforms the hidden states between layers hands the next layer a new tensor."""
+    original, converted = models
+    keep = keep_mask("middle")
+    states = hidden()
+    expected = reference_output(original, states, keep)
+    hook = converted.encoder.layer[0].register_forward_hook(lambda _m, _i, out: out * 1.0)
+    try:
+        actual = run_converted(converted.encoder, states, keep, "packed")
+    finally:
+        hook.remove()
+    torch.testing.assert_close(actual[keep], expected[keep], atol=1e-5, rtol=1e-4)
