@@ -45,6 +45,7 @@ def install_output_capture(owner: nn.Module, original_class: type, layer: Any) -
         return
     # A plain dict keyed by the class string up to 5.2x, a dict subclass with the same keys later.
     flags = dict.get(_capturing._CAN_RECORD_REGISTRY, str(owner.__class__)) or {}
+    captures: list[tuple[str, str, int, bool]] = []
     for key, specs in flags.items():
         for spec in specs if isinstance(specs, list) else [specs]:
             if not isinstance(spec, _capturing.OutputRecorder):
@@ -58,9 +59,30 @@ def install_output_capture(owner: nn.Module, original_class: type, layer: Any) -
                 continue
             target = spec.target_class
             if key == "hidden_states" and target is not None and issubclass(original_class, target):
-                _capturing.install_output_capuring_hook(layer, key, spec.index, spec.capture_initial_hidden_state)
+                captures.append(("layer", key, spec.index, spec.capture_initial_hidden_state))
             elif key == "attentions" and target is not None and _contains(layer.original_layer, target):
-                _capturing.install_output_capuring_hook(layer.attention_probe, key, 1, True)
+                captures.append(("attention_probe", key, 1, True))
+    layer.__dict__["_bt_output_captures"] = captures
+    reinstall_output_capture(layer)
+
+
+def reinstall_output_capture(layer: Any) -> None:
+    """(Re-)install the hooks ``install_output_capture`` chose, e.g. after unpickling ``layer``."""
+    if _capturing is None:
+        return
+    for where, key, index, capture_initial in layer.__dict__.get("_bt_output_captures", ()):
+        module = layer if where == "layer" else getattr(layer, where)
+        _capturing.install_output_capuring_hook(module, key, index, capture_initial)
+
+
+def without_capture_hooks(state: dict[str, Any]) -> dict[str, Any]:
+    """A module's ``__dict__`` minus transformers' recording hooks, which are closures pickle refuses."""
+    hooks = state.get("_forward_hooks")
+    if not hooks or not any(getattr(h, "__name__", "") == _HOOK_NAME for h in hooks.values()):
+        return state
+    state = dict(state)
+    state["_forward_hooks"] = type(hooks)((k, h) for k, h in hooks.items() if getattr(h, "__name__", "") != _HOOK_NAME)
+    return state
 
 
 def _contains(module: nn.Module, target: type) -> bool:

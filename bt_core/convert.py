@@ -68,6 +68,9 @@ class BetterTransformer:
                 f"{type(model).__name__} has no converted layers; reverse() takes a model returned by "
                 "BetterTransformer.transform()."
             )
+        blockers = [reason for _, layer in converted if (reason := layer._bt_restore_blocker())]
+        if blockers:
+            raise BetterTransformerError(f"cannot reverse without losing changes: {blockers[0]}")
         for name, layer in converted:
             parent_name, _, child_name = name.rpartition(".")
             parent = model.get_submodule(parent_name) if parent_name else model
@@ -191,6 +194,7 @@ def _commit(root: nn.Module, swaps: list[_Swap]) -> None:
         swap.replacement._bt_release_original()
     _hf_compat.reset_output_capture(root)
     for swap in swaps:
+        _hf_compat.reset_output_capture(swap.original)  # kept aside for reverse, which re-hooks it
         _hf_compat.install_output_capture(swap.owner, type(swap.original), swap.replacement)
     for owner in _transformers_models(root):
         owner.__dict__["save_pretrained"] = functools.partial(_refuse_save, owner)

@@ -10,6 +10,7 @@ execution strategy on every call, and knows how to give the original layer back 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -61,6 +62,11 @@ class AttentionProbe(nn.Module):
     def forward(self, context: Tensor, probabilities: Tensor) -> tuple[Tensor, Tensor]:
         return context, probabilities
 
+    def __getstate__(self) -> dict[str, Any]:
+        from ._hf_compat import without_capture_hooks
+
+        return without_capture_hooks(self.__dict__)
+
 
 class BetterTransformerBaseLayer(nn.Module):
     """Base class of every converted encoder layer.
@@ -102,6 +108,7 @@ class BetterTransformerBaseLayer(nn.Module):
         self.__dict__["_bt_original_layer"] = layer
         self.__dict__["_bt_fused_sources"] = {}
         self.__dict__["_bt_derived_sources"] = set()
+        self.__dict__["_bt_derived"] = {}
         self.__dict__["_bt_restore_plan"] = None
         self.config = config
         self.num_heads: int | None = None
@@ -141,10 +148,20 @@ class BetterTransformerBaseLayer(nn.Module):
         """
         return nn.Parameter(torch.zeros(size, dtype=like.dtype, device=like.device), requires_grad=False)
 
-    def derive(self, value: Tensor, *sources: Tensor) -> nn.Parameter:
-        """A parameter computed from ``sources``; they stay with the original layer for ``reverse``."""
+    def derive(
+        self, value: Tensor, *sources: Tensor, inverse: Callable[[Tensor], Sequence[Tensor]] | None = None
+    ) -> nn.Parameter:
+        """A parameter computed from ``sources`` (e.g. a weight with a layer scale folded in).
+
+        The sources stay with the original layer, so ``reverse`` gives them back bit for bit. If the
+        derived parameter changes after conversion (training), ``reverse`` computes the sources'
+        new values as ``inverse(current_value)`` (one tensor per source, in order); without an
+        ``inverse`` it refuses to reverse rather than drop the change.
+        """
+        derived = nn.Parameter(value.detach().clone(), requires_grad=sources[0].requires_grad if sources else False)
         self._bt_derived_sources.update(id(s) for s in sources)
-        return nn.Parameter(value.detach().clone(), requires_grad=sources[0].requires_grad if sources else False)
+        self._bt_derived[id(derived)] = (list(sources), inverse)
+        return derived
 
     def branch_dropout(self, branch: str) -> float:
         """The dropout probability on the output of ``branch`` (``"attention"`` or ``"feed_forward"``)."""
@@ -264,6 +281,18 @@ class BetterTransformerBaseLayer(nn.Module):
         output, attentions = run_layer(self, call)
         return self.format_output(output, attentions, call)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # transformers' recording hooks are closures that pickle refuses; they are re-made on load.
+        from ._hf_compat import without_capture_hooks
+
+        return without_capture_hooks(self.__dict__)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from ._hf_compat import reinstall_output_capture
+
+        super().__setstate__(state)
+        reinstall_output_capture(self)
+
     def extra_repr(self) -> str:
         return (
             f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, activation={self.activation!r}, "
@@ -282,10 +311,15 @@ class BetterTransformerBaseLayer(nn.Module):
         names_by_id = {id(p): name for name, p in original.named_parameters(remove_duplicate=False)}
         shared: dict[str, str] = {}
         sliced: dict[str, tuple[str, int, int]] = {}
+        derived: dict[str, tuple[list[str | None], Any]] = {}
         for attr in FUSED_PARAMETERS:
             value = getattr(self, attr)
             if id(value) in names_by_id:
                 shared[names_by_id[id(value)]] = attr
+                continue
+            if id(value) in self._bt_derived:
+                sources, inverse = self._bt_derived[id(value)]
+                derived[attr] = ([names_by_id.get(id(source)) for source in sources], inverse)
                 continue
             offset = 0
             for source in self._bt_fused_sources.get(id(value), []):
@@ -294,20 +328,47 @@ class BetterTransformerBaseLayer(nn.Module):
                 if name is not None and id(source) not in self._bt_derived_sources:
                     sliced[name] = (attr, offset, offset + size)
                 offset += size
-        self.__dict__["_bt_restore_plan"] = (shared, sliced)
+        self.__dict__["_bt_restore_plan"] = (shared, sliced, derived)
 
     def _bt_release_original(self) -> None:
         """Free the original copies of sliced parameters; ``reverse`` rebuilds them from the fused ones."""
-        _, sliced = self._bt_restore_plan
+        _, sliced, derived = self._bt_restore_plan
         for name in sliced:
             owner, _, pname = _owner(self._bt_original_layer, name)
             old = getattr(owner, pname)
             setattr(owner, pname, nn.Parameter(old.detach().to("meta"), requires_grad=old.requires_grad))
+        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
+        self.__dict__["_bt_derived_versions"] = {attr: getattr(self, attr)._version for attr in derived}
+
+    def _bt_changed_derived(self) -> list[str]:
+        _, _, derived = self._bt_restore_plan
+        versions = self._bt_derived_versions
+        return [attr for attr in derived if getattr(self, attr)._version != versions.get(attr)]
+
+    def _bt_restore_blocker(self) -> str | None:
+        """Why ``reverse`` cannot give this layer back without losing a change, or None."""
+        _, _, derived = self._bt_restore_plan
+        lost = [attr for attr in self._bt_changed_derived() if derived[attr][1] is None]
+        if lost:
+            return (
+                f"{type(self).__name__} ({self.bt_layer_name}): {', '.join(lost)} changed after conversion and "
+                "the adapter gives no inverse to carry the change back to the original parameters; keep "
+                "using the converted model, or give derive() an inverse in the adapter."
+            )
+        return None
 
     def _bt_restore_original(self) -> nn.Module:
         """The original layer, its parameters holding this layer's current values."""
         original = self._bt_original_layer
-        shared, sliced = self._bt_restore_plan
+        shared, sliced, derived = self._bt_restore_plan
+        for attr in self._bt_changed_derived():
+            names, inverse = derived[attr]
+            for name, value in zip(names, inverse(getattr(self, attr).detach()), strict=True):
+                if name is None:
+                    continue
+                owner, _, pname = _owner(original, name)
+                old = getattr(owner, pname)
+                setattr(owner, pname, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
         for name, attr in shared.items():
             owner, _, pname = _owner(original, name)
             setattr(owner, pname, getattr(self, attr))
@@ -317,7 +378,7 @@ class BetterTransformerBaseLayer(nn.Module):
             value = getattr(self, attr)[start:end].detach().clone()
             setattr(owner, pname, nn.Parameter(value, requires_grad=old.requires_grad))
         reference = self.in_proj_weight
-        original.to(device=reference.device)
+        original.to(device=reference.device, dtype=reference.dtype)
         original.train(self.training)
         return original
 

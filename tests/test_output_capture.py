@@ -62,3 +62,18 @@ def test_plain_calls_record_nothing() -> None:
     with torch.inference_mode():
         output = converted(IDS, attention_mask=MASK)
     assert output.hidden_states is None and output.attentions is None
+
+
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_a_copied_converted_model_records_outputs_too(tmp_path, how: str) -> None:
+    import copy
+
+    model = _bert()
+    expected = _outputs(model)
+    converted = BetterTransformer.transform(model)
+    if how == "deepcopy":
+        clone = copy.deepcopy(converted)
+    else:
+        torch.save(converted, tmp_path / "model.pt")
+        clone = torch.load(tmp_path / "model.pt", weights_only=False)
+    _assert_same_outputs(_outputs(clone), expected)

@@ -12,6 +12,7 @@ whose towers differ, and ``ViTMAEForPreTraining``'s decoder layers have their ow
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import torch
@@ -170,13 +171,26 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
     def _scaled(
         self, weight: nn.Parameter, bias: nn.Parameter, scale: Tensor | None
     ) -> tuple[nn.Parameter, nn.Parameter]:
-        """``scale * (W x + b)`` folded into one linear: rows of W and b scaled (exact for pre-norm)."""
+        """``scale * (W x + b)`` folded into one linear: rows of W and b scaled (exact for pre-norm).
+
+        After training the folded tensors, ``reverse`` divides the scale back out (the scale itself
+        keeps its value), so the reversed layer computes what the trained converted one does.
+        """
         if scale is None:
             return weight, bias
         with torch.no_grad():
-            folded_w = weight * scale.detach()[:, None]
-            folded_b = bias * scale.detach()
-        return self.derive(folded_w, weight, scale), self.derive(folded_b, bias, scale)
+            lam = scale.detach()
+            folded_w = weight * lam[:, None]
+            folded_b = bias * lam
+        return (
+            self.derive(folded_w, weight, scale, inverse=functools.partial(_unfold, lam[:, None], lam)),
+            self.derive(folded_b, bias, scale, inverse=functools.partial(_unfold, lam, lam)),
+        )
+
+
+def _unfold(divisor: Tensor, scale: Tensor, folded: Tensor) -> tuple[Tensor, Tensor]:
+    """Inverse of a folded layer scale: the unscaled tensor, and the scale unchanged (picklable)."""
+    return folded / divisor, scale
 
 
 class ViTLayerAdapter(_PreNormAdapter):

@@ -125,17 +125,7 @@ def test_training_mode_reference_path_matches_and_reaches_every_fused_parameter(
                 assert torch.isfinite(param.grad).all()
 
 
-_FOLDED = {"dinov2", "dinov2_no_qkv_bias", "beit", "data2vec_vision"}
-_FOLDED_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="bt-core limitation: reverse() restores a folded layer scale from the stashed pre-conversion "
-    "sources of self.derive(), so optimizer updates to the folded out_proj/linear2 tensors are lost",
-)
-
-
-@pytest.mark.parametrize(
-    "arch", [pytest.param(a, marks=_FOLDED_XFAIL) if a.name in _FOLDED else a for a in PIXEL_ARCHS], ids=ARCH_IDS
-)
+@pytest.mark.parametrize("arch", PIXEL_ARCHS, ids=ARCH_IDS)
 def test_training_step_on_converted_model_survives_reverse(arch: Arch) -> None:
     model = convert(arch.build()).train()
     inputs = pixel_inputs(model)
@@ -211,3 +201,13 @@ def test_requested_hidden_states_and_attentions_match_original(arch: Arch) -> No
     assert len(actual.attentions) == len(expected.attentions) == _num_layers(model)
     for a, e in zip(actual.attentions, expected.attentions, strict=True):
         assert_close(a, e)
+
+
+def test_a_converted_model_with_folded_scales_pickles(tmp_path) -> None:
+    arch = next(a for a in PIXEL_ARCHS if a.name == "dinov2")
+    model = convert(arch.build())
+    torch.save(model, tmp_path / "model.pt")
+    loaded = torch.load(tmp_path / "model.pt", weights_only=False)
+    inputs = pixel_inputs(model)
+    assert_close(run(loaded, inputs).last_hidden_state, run(model, inputs).last_hidden_state)
+    BetterTransformer.reverse(loaded)
