@@ -7,11 +7,12 @@ import torch
 from torch import nn
 from transformers import BertConfig, BertModel
 
+import bt_core
 from bt_core import BetterTransformer, BetterTransformerBaseLayer, BetterTransformerError, UnsupportedModelError
 from bt_core.registry import PluginRegistry
 
 from .conftest import make_toy, max_diff_on_tokens, padded_batch
-from .toy_model import ToyAdapter, ToyConfig, ToyModel
+from .toy_model import ToyAdapter, ToyConfig, ToyModel, ToyPlugin
 
 pytestmark = pytest.mark.usefixtures("registry")
 
@@ -224,3 +225,51 @@ def test_a_converted_model_can_be_deep_copied_and_pickled(tmp_path) -> None:
         with torch.inference_mode():
             torch.testing.assert_close(clone(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
         assert clone.layers[0]._bt_stack is clone.layers[2]._bt_stack, "layers of one stack share their state"
+
+
+class _DoubledBiasAdapter(ToyAdapter):
+    """Derives out_proj_bias as 2 * o.bias (and halves out_proj_weight to compensate), as a fold would."""
+
+    with_inverse = True
+
+    def __init__(self, layer: nn.Module, config: ToyConfig) -> None:
+        super().__init__(layer, config)
+        inverse = (lambda b: (b / 2,)) if self.with_inverse else None
+        inverse_w = (lambda w: (w * 2,)) if self.with_inverse else None
+        self.out_proj_bias = self.derive(layer.o.bias * 2, layer.o.bias, inverse=inverse)
+        self.out_proj_weight = self.derive(layer.o.weight / 2, layer.o.weight, inverse=inverse_w)
+
+    def validate_bettertransformer(self) -> None:  # the toy's math is off by design here
+        pass
+
+
+@pytest.mark.parametrize("with_inverse", [True, False])
+def test_reverse_of_derived_parameters(monkeypatch: pytest.MonkeyPatch, with_inverse: bool) -> None:
+    monkeypatch.setattr(_DoubledBiasAdapter, "with_inverse", with_inverse)
+    model = make_toy()
+    before = _state(model)
+
+    class Plugin(ToyPlugin):
+        @bt_core.hookimpl
+        def bt_register_layers(self) -> list[bt_core.LayerMapping]:
+            return [bt_core.LayerMapping("bt-toy", "ToyLayer", _DoubledBiasAdapter)]
+
+    registry = PluginRegistry(discover=False)
+    registry.register(Plugin(), "doubled")
+    BetterTransformer.transform(model, registry=registry)
+    BetterTransformer.reverse(BetterTransformer.transform(BetterTransformer.reverse(model), registry=registry))
+    _assert_bit_identical(before, model)  # untouched derived parameters come back bit for bit
+
+    BetterTransformer.transform(model, registry=registry)
+    with torch.no_grad():
+        model.layers[1].out_proj_bias.add_(2.0)  # as an optimizer step would
+    if not with_inverse:
+        with pytest.raises(
+            BetterTransformerError, match=r"layers\.1 \(ToyLayer\).*out_proj_bias changed after conversion"
+        ):
+            BetterTransformer.reverse(model)
+        assert all(isinstance(layer, _DoubledBiasAdapter) for layer in model.layers), "nothing was reversed"
+        return
+    BetterTransformer.reverse(model)
+    torch.testing.assert_close(model.layers[1].o.bias, before["layers.1.o.bias"] + 1.0)
+    assert torch.equal(model.layers[0].o.bias, before["layers.0.o.bias"])
