@@ -1,6 +1,7 @@
-"""The in-repo packs pass the conformance kit, and the kit fails on adapters that are wrong.
+"""The conformance kit fails on adapters that are wrong (the packs run it in tests/encoders and
+tests/vision, so each pack-alone nox session exercises it).
 
-A kit that cannot fail is worthless: the second half breaks a correct BERT adapter in the ways
+A kit that cannot fail is worthless: this module breaks a correct BERT adapter in the ways
 adapters really go wrong (swapped norms, a forgotten bias, q and k swapped, weights changed in
 place, a wrong layer class) and checks that the kit's failure names the model type and the
 difference.
@@ -12,8 +13,6 @@ import textwrap
 import warnings
 from typing import Any
 
-import bt_plugins_encoders.plugin as encoders_plugin
-import bt_plugins_vision.plugin as vision_plugin
 import pytest
 import torch
 from bt_plugins_encoders.adapters import BertLayerAdapter
@@ -24,19 +23,6 @@ from bt_core.registry import set_default_registry
 from bt_core.testing import AdapterConformance
 
 pytest_plugins = ["pytester"]
-
-
-# -- the in-repo packs ---------------------------------------------------------------------------
-
-
-class TestEncodersPack(AdapterConformance):
-    plugin = encoders_plugin
-    plugin_name = "encoders"
-
-
-class TestVisionPack(AdapterConformance):
-    plugin = vision_plugin
-    plugin_name = "vision"
 
 
 # -- adapters broken on purpose ------------------------------------------------------------------
