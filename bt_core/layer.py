@@ -9,6 +9,7 @@ execution strategy on every call, and knows how to give the original layer back 
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -80,6 +81,8 @@ class BetterTransformerBaseLayer(nn.Module):
 
     #: Whether the installed transformers' encoder expects a tuple from this layer, not a tensor.
     returns_tuple: ClassVar[bool] = False
+    #: Turned on by transformers' ``model.gradient_checkpointing_enable()``, like its own layers.
+    gradient_checkpointing: bool = False
     #: Set when the model's encoder reads each layer's output itself (records hidden states in its own
     #: loop, adds embeddings between layers): every call then hands back the padded batch, instead of
     #: the nested or packed tokens that otherwise travel from the first converted layer to the last.
@@ -278,7 +281,14 @@ class BetterTransformerBaseLayer(nn.Module):
         from ._engine import run_layer
 
         call = self.parse_call(hidden_states, args, kwargs)
-        output, attentions = run_layer(self, call)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # Set by transformers' gradient_checkpointing_enable(): keep no activations, recompute them.
+            def compute(hidden: Tensor, mask: Tensor | None) -> tuple[Tensor, Tensor | None]:
+                return run_layer(self, dataclasses.replace(call, hidden_states=hidden, attention_mask=mask))
+
+            output, attentions = self._gradient_checkpointing_func(compute, call.hidden_states, call.attention_mask)
+        else:
+            output, attentions = run_layer(self, call)
         return self.format_output(output, attentions, call)
 
     def __getstate__(self) -> dict[str, Any]:

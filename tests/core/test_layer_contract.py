@@ -239,3 +239,26 @@ def test_a_model_reading_padded_positions_runs_dense_on_padded_batches(monkeypat
         pytest.raises(BetterTransformerError, match="padded positions"),
     ):
         converted(ids, mask)
+
+
+@pytest.mark.parametrize("use_reentrant", [True, False])
+def test_gradient_checkpointing_recomputes_converted_layers_with_the_same_gradients(
+    monkeypatch: pytest.MonkeyPatch, use_reentrant: bool
+) -> None:
+    import bt_core._engine as engine
+
+    ids, mask = padded_batch([6, 3], 6)
+    plain = BetterTransformer.transform(make_toy()).train()
+    (plain(ids, mask).last_hidden_state * mask[..., None]).sum().backward()
+
+    checkpointed = BetterTransformer.transform(make_toy()).train()
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+    assert all(layer.gradient_checkpointing for layer in checkpointed.layers)
+    calls = []
+    real_run_layer = engine.run_layer
+    monkeypatch.setattr(engine, "run_layer", lambda layer, call: calls.append(layer) or real_run_layer(layer, call))
+    (checkpointed(ids, mask).last_hidden_state * mask[..., None]).sum().backward()
+    assert len(calls) == 2 * len(checkpointed.layers), "each layer runs again in backward"
+    for (name, expected), actual in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
+        if expected.grad is not None:
+            torch.testing.assert_close(actual.grad, expected.grad, msg=name)

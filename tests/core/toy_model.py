@@ -83,6 +83,7 @@ class ToyLayer(nn.Module):
 class ToyModel(PreTrainedModel):
     config_class = ToyConfig
     base_model_prefix = "toy"
+    supports_gradient_checkpointing = True
 
     def __init__(self, config: ToyConfig) -> None:
         super().__init__(config)
