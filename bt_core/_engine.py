@@ -193,6 +193,8 @@ def run_layer(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tenso
     if carried:  # an earlier layer packed the batch, but this call must run on the padded one
         assert state.packing is not None
         layout = state.packing.layout
+    elif hidden_states.is_nested:  # an earlier layer nested the batch: its rows' lengths are the padding
+        layout = _nested_layout(hidden_states, state.padded_shape)
     hidden_states = _padded(layer, hidden_states)
     if strategy is Strategy.REFERENCE:
         return _reference(layer, hidden_states, layout, call)
@@ -435,6 +437,16 @@ class _StackState(threading.local):
         return hidden_states is self.carry or (
             hidden_states.dim() == 2 and not hidden_states.is_nested and hidden_states.shape == self.carry.shape
         )
+
+
+def _nested_layout(nested: Tensor, padded_shape: tuple[int, ...] | None) -> MaskLayout:
+    """The key padding of the batch an earlier fused layer nested (rows keep their real tokens only)."""
+    assert padded_shape is not None
+    lengths = torch.tensor([row.shape[0] for row in nested.unbind()], device=nested.device)
+    key_keep = torch.arange(padded_shape[1], device=nested.device)[None, :] < lengths[:, None]
+    if bool(key_keep.all()):
+        return MaskLayout(key_keep=None, attend=None, is_key_padding=True)
+    return MaskLayout(key_keep=key_keep, attend=key_keep[:, None, None, :], is_key_padding=True)
 
 
 def _padded(layer: BetterTransformerBaseLayer, hidden_states: Tensor) -> Tensor:

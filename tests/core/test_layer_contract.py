@@ -262,3 +262,23 @@ def test_gradient_checkpointing_recomputes_converted_layers_with_the_same_gradie
     for (name, expected), actual in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
         if expected.grad is not None:
             torch.testing.assert_close(actual.grad, expected.grad, msg=name)
+
+
+def test_a_layer_after_a_fused_one_keeps_the_padding_when_it_must_run_the_reference_path(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The fused path (CUDA's default) hands the next layer a nested batch; a later layer that must
+    take the reference path pads it back and still masks the padding."""
+    import bt_core._engine as engine
+
+    monkeypatch.setattr(engine, "_fused_wins", lambda hidden_states, layout: True)
+    original = make_toy()
+    converted = BetterTransformer.transform(original, keep_original_model=True)
+    later = converted.layers[1]
+    monkeypatch.setattr(later, "forward_checker", lambda call: "a test needs the reference path here")
+    ids, mask = padded_batch([7, 2, 5], 9)
+    with torch.inference_mode(), engine.record_strategies(set()) as used:
+        expected = original(ids, mask).last_hidden_state
+        actual = converted(ids, mask).last_hidden_state
+    assert used == {"fused", "reference"}
+    assert max_diff_on_tokens(actual, expected, mask) < 1e-5
