@@ -20,9 +20,9 @@ from torch import Tensor, nn
 
 from ._activations import ACTIVATIONS, KERNEL_ACTIVATIONS
 from ._masks import add_causal
-from .errors import LayerValidationError
+from .errors import LayerValidationError, UnsupportedModelError
 
-__all__ = ["FUSED_PARAMETERS", "BetterTransformerBaseLayer", "LayerCall"]
+__all__ = ["FUSED_PARAMETERS", "BetterTransformerBaseLayer", "LayerCall", "find_submodule"]
 
 #: The tensors the fused kernel takes, in the order it takes them.
 FUSED_PARAMETERS: tuple[str, ...] = (
@@ -77,6 +77,7 @@ class BetterTransformerBaseLayer(nn.Module):
     copied), ``self.fuse(q, k, v)`` for the packed input projection, ``self.zeros(n, like=...)`` for a
     bias the original layer lacks, and ``self.derive(tensor, *sources)`` for a tensor computed from
     others (e.g. a folded scale); derived tensors' sources are kept aside so ``reverse`` is exact.
+    Look weights up with :func:`find_submodule`, listing every name transformers has used.
     """
 
     #: Whether the installed transformers' encoder expects a tuple from this layer, not a tensor.
@@ -391,6 +392,26 @@ class BetterTransformerBaseLayer(nn.Module):
         original.to(device=reference.device, dtype=reference.dtype)
         original.train(self.training)
         return original
+
+
+def find_submodule(layer: nn.Module, names: Sequence[str], what: str, *, plugin: str = "the plugin") -> nn.Module:
+    """The first of ``names`` (dotted paths) that exists under ``layer``: where adapters find weights.
+
+    transformers renames modules between releases, so adapters list every known name, newest first.
+    When none exists this raises :class:`UnsupportedModelError` naming the layer class, ``what`` was
+    looked for and every name tried, so a rename fails loudly instead of converting the wrong thing.
+    """
+    for name in names:
+        try:
+            return layer.get_submodule(name)
+        except AttributeError:
+            continue
+    children = ", ".join(name for name, _ in layer.named_children()) or "none"
+    raise UnsupportedModelError(
+        f"{type(layer).__name__}: cannot find its {what}; tried {', '.join(repr(n) for n in names)} "
+        f"(the layer's children are: {children}). The installed transformers may have renamed this "
+        f"layer's weights: upgrade {plugin}, or install a transformers release it supports."
+    )
 
 
 def _owner(root: nn.Module, qualified_name: str) -> tuple[nn.Module, str, str]:

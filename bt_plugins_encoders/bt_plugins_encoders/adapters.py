@@ -17,8 +17,8 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from bt_core import BetterTransformerBaseLayer, LayerValidationError, UnsupportedModelError
-from bt_core.layer import LayerCall
+from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
+from bt_core.layer import LayerCall, find_submodule
 
 __all__ = [
     "AlbertLayerAdapter",
@@ -27,32 +27,9 @@ __all__ = [
     "EncoderLayerAdapter",
     "TupleBertLayerAdapter",
     "XLMRobertaXLLayerAdapter",
-    "find_module",
 ]
 
 _MISSING = object()
-
-
-def find_module(layer: nn.Module, role: str, candidates: tuple[str, ...]) -> nn.Module:
-    """The first submodule of ``layer`` found among the dotted ``candidates`` paths.
-
-    Raises :class:`bt_core.LayerValidationError` naming the layer class, the role and every path
-    tried, when none exists.
-    """
-    for path in candidates:
-        node: Any = layer
-        for part in path.split("."):
-            node = getattr(node, part, _MISSING)
-            if node is _MISSING:
-                break
-        if node is not _MISSING and isinstance(node, nn.Module):
-            return node
-    tried = ", ".join(repr(c) for c in candidates)
-    raise LayerValidationError(
-        f"{type(layer).__name__}: cannot find the {role} (tried {tried}). The installed transformers "
-        "may have renamed it; upgrade bt-plugins-encoders or install a transformers release it supports "
-        "(tested: 5.10.2, 5.24.0)."
-    )
 
 
 def _config_value(config: Any, names: tuple[str, ...], default: Any = _MISSING) -> Any:
@@ -92,7 +69,7 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
     def __init__(self, layer: nn.Module, config: Any) -> None:
         super().__init__(layer, config)
         self.check_config(layer, config)
-        get = lambda role: find_module(layer, role, self.PATHS[role])  # noqa: E731
+        get = lambda role: find_submodule(layer, self.PATHS[role], role, plugin="bt-plugins-encoders")  # noqa: E731
         q, k, v = get("query"), get("key"), get("value")
         out, ffn_in, ffn_out = get("attention output"), get("feed-forward input"), get("feed-forward output")
         norm1, norm2 = get("first layer norm"), get("second layer norm")

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
 from bt_core.layer import LayerCall
+from bt_core.layer import find_submodule as _find_submodule
 
 __all__ = [
     "BeitLayerAdapter",
@@ -35,22 +36,8 @@ __all__ = [
 
 
 def find_submodule(layer: nn.Module, names: tuple[str, ...], what: str) -> nn.Module:
-    """The first of ``names`` (dotted paths) that exists under ``layer``.
-
-    Raises :class:`bt_core.UnsupportedModelError` naming the layer class, what was looked for and
-    every name tried, so a transformers release that renamed the weights fails loudly, not silently.
-    """
-    for name in names:
-        try:
-            return layer.get_submodule(name)
-        except AttributeError:
-            continue
-    children = ", ".join(name for name, _ in layer.named_children()) or "none"
-    raise UnsupportedModelError(
-        f"{type(layer).__name__}: cannot find its {what}; tried {', '.join(repr(n) for n in names)} "
-        f"(the layer's children are: {children}). The installed transformers may have renamed this "
-        "layer's weights: upgrade bt-plugins-vision, or install a transformers release it supports."
-    )
+    """bt-core's weight lookup, naming this pack in its error."""
+    return _find_submodule(layer, names, what, plugin="bt-plugins-vision")
 
 
 def _own_config(layer: nn.Module, config: Any) -> Any:
