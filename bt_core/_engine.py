@@ -204,65 +204,51 @@ def run_layer(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tenso
 # -- the layer's arithmetic, shared by the ordinary-op strategies ---------------------------------
 
 
-def _layer_math(
-    layer: BetterTransformerBaseLayer,
-    tokens: Tensor,
-    attend: Callable[[Tensor], Tensor],
-    regularise: Callable[[Tensor, str], Tensor] = lambda t, branch: t,
-) -> Tensor:
-    """One encoder layer on ``tokens`` of shape ``(..., hidden)``; ``attend`` maps packed q/k/v to context.
-
-    ``regularise(output, branch)`` is applied to each residual branch's output before it is added
-    (``branch`` is ``"attention"`` or ``"feed_forward"``): dropout and stochastic depth in training.
-    Differentiable (the reference path); the fast paths use :func:`_fast_layer_math`.
-    """
-    shape = (layer.embed_dim,)
-    eps = float(layer.norm1_eps)  # type: ignore[arg-type]
-    act = activation_function(layer.activation)
-
-    def attention_block(x: Tensor) -> Tensor:
-        qkv = F.linear(x, layer.in_proj_weight, layer.in_proj_bias)
-        return regularise(F.linear(attend(qkv), layer.out_proj_weight, layer.out_proj_bias), "attention")
-
-    def feed_forward(x: Tensor) -> Tensor:
-        inner = act(F.linear(x, layer.linear1_weight, layer.linear1_bias))
-        return regularise(F.linear(inner, layer.linear2_weight, layer.linear2_bias), "feed_forward")
-
-    if layer.norm_first:
-        x = tokens + attention_block(F.layer_norm(tokens, shape, layer.norm1_weight, layer.norm1_bias, eps))
-        return x + feed_forward(F.layer_norm(x, shape, layer.norm2_weight, layer.norm2_bias, eps))
-    x = F.layer_norm(tokens + attention_block(tokens), shape, layer.norm1_weight, layer.norm1_bias, eps)
-    return F.layer_norm(x + feed_forward(x), shape, layer.norm2_weight, layer.norm2_bias, eps)
-
-
-#: Activations with an in-place kernel; the fast paths apply them to the feed-forward's own buffer.
+#: Activations with an in-place kernel; inference applies them to the feed-forward's own buffer.
 _INPLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "gelu": torch.ops.aten.gelu_,
     "relu": torch.relu_,
 }
 
 
-def _fast_layer_math(layer: BetterTransformerBaseLayer, tokens: Tensor, attend: Callable[[Tensor], Tensor]) -> Tensor:
-    """The same arithmetic as :func:`_layer_math` for inference: residual adds and the activation run in
-    place on buffers this function owns (one pass over memory instead of an allocation and two passes;
-    about 3% of a BERT-base layer on CPU), never on ``tokens``."""
+def _layer_math(
+    layer: BetterTransformerBaseLayer,
+    tokens: Tensor,
+    attend: Callable[[Tensor], Tensor],
+    regularise: Callable[[Tensor, str], Tensor] | None = None,
+) -> Tensor:
+    """One encoder layer on ``tokens`` of shape ``(..., hidden)``; ``attend`` maps packed q/k/v to context.
+
+    With ``regularise`` (the reference path) every op is out of place, so autograd can differentiate
+    it, and ``regularise(output, branch)`` is applied to each residual branch's output before it is
+    added (``branch`` is ``"attention"`` or ``"feed_forward"``): dropout and stochastic depth. Without
+    it (the fast paths) residual adds and the activation run in place on buffers this function owns,
+    never on ``tokens``: one pass over memory instead of an allocation and two passes, about 3% of a
+    BERT-base layer on CPU.
+    """
     shape = (layer.embed_dim,)
     eps = float(layer.norm1_eps)  # type: ignore[arg-type]
-    act = _INPLACE_ACTIVATIONS.get(layer.activation) or activation_function(layer.activation)
+    inference = regularise is None
+    act = (_INPLACE_ACTIVATIONS.get(layer.activation) if inference else None) or activation_function(layer.activation)
 
-    def attention_block(x: Tensor) -> Tensor:
+    def branch(output: Tensor, name: str, residual: Tensor) -> Tensor:
+        if regularise is None:
+            return output.add_(residual)
+        return residual + regularise(output, name)
+
+    def attention_block(x: Tensor, residual: Tensor) -> Tensor:
         qkv = F.linear(x, layer.in_proj_weight, layer.in_proj_bias)
-        return F.linear(attend(qkv), layer.out_proj_weight, layer.out_proj_bias)
+        return branch(F.linear(attend(qkv), layer.out_proj_weight, layer.out_proj_bias), "attention", residual)
 
-    def feed_forward(x: Tensor) -> Tensor:
+    def feed_forward(x: Tensor, residual: Tensor) -> Tensor:
         inner = act(F.linear(x, layer.linear1_weight, layer.linear1_bias))
-        return F.linear(inner, layer.linear2_weight, layer.linear2_bias)
+        return branch(F.linear(inner, layer.linear2_weight, layer.linear2_bias), "feed_forward", residual)
 
     if layer.norm_first:
-        x = attention_block(F.layer_norm(tokens, shape, layer.norm1_weight, layer.norm1_bias, eps)).add_(tokens)
-        return feed_forward(F.layer_norm(x, shape, layer.norm2_weight, layer.norm2_bias, eps)).add_(x)
-    x = F.layer_norm(attention_block(tokens).add_(tokens), shape, layer.norm1_weight, layer.norm1_bias, eps)
-    return F.layer_norm(feed_forward(x).add_(x), shape, layer.norm2_weight, layer.norm2_bias, eps)
+        x = attention_block(F.layer_norm(tokens, shape, layer.norm1_weight, layer.norm1_bias, eps), tokens)
+        return feed_forward(F.layer_norm(x, shape, layer.norm2_weight, layer.norm2_bias, eps), x)
+    x = F.layer_norm(attention_block(tokens, tokens), shape, layer.norm1_weight, layer.norm1_bias, eps)
+    return F.layer_norm(feed_forward(x, x), shape, layer.norm2_weight, layer.norm2_bias, eps)
 
 
 def _split_heads(qkv: Tensor, batch: int, seq_len: int, num_heads: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -283,7 +269,7 @@ def _dense(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: Mas
         q, k, v = _split_heads(qkv, batch, seq_len, int(layer.num_heads))  # type: ignore[arg-type]
         return _merge_heads(F.scaled_dot_product_attention(q, k, v, attn_mask=layout.attend))
 
-    return _fast_layer_math(layer, hidden_states, attend)
+    return _layer_math(layer, hidden_states, attend)
 
 
 # -- the packed strategy --------------------------------------------------------------------------
@@ -362,7 +348,7 @@ def _packed(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: Ma
         state.packing = packing
         tokens = packing.pack(hidden_states)
     num_heads = int(layer.num_heads)  # type: ignore[arg-type]
-    out = _fast_layer_math(layer, tokens, lambda qkv: _attend_rows(packing, qkv, num_heads))
+    out = _layer_math(layer, tokens, lambda qkv: _attend_rows(packing, qkv, num_heads))
     if layer.is_last_layer:
         state.carry = None
         state.packing = None
