@@ -29,6 +29,9 @@ class MaskLayout:
     key_keep: Tensor | None
     attend: Tensor | None
     is_key_padding: bool
+    #: Some row's first position is padding (left padding): a head reading position 0 reads a padded
+    #: position, whose hidden state the original computes.
+    pads_first_position: bool = False
 
     @property
     def has_padding(self) -> bool:
@@ -83,7 +86,35 @@ def read_mask(mask: Tensor | None, batch: int, seq_len: int) -> MaskLayout:
         return MaskLayout(key_keep=None, attend=attend, is_key_padding=False)
     if bool(key_keep.all()):
         return NO_MASK
-    return MaskLayout(key_keep=key_keep, attend=key_keep[:, None, None, :], is_key_padding=True)
+    return MaskLayout(
+        key_keep=key_keep,
+        attend=key_keep[:, None, None, :],
+        is_key_padding=True,
+        pads_first_position=not bool(key_keep[:, 0].all()),
+    )
+
+
+def traceable_layout(mask: Tensor | None, batch: int, seq_len: int) -> MaskLayout:
+    """``mask`` as a 4-D bool keep mask with no branch on its values, for tracers and exporters.
+
+    ``read_mask`` inspects the values (is anything padded? is it plain key padding?) and a tracer
+    would freeze those answers into the program; here the mask stays a tensor input of every op, so
+    the traced program is right for any padding layout.
+    """
+    if mask is None:
+        return NO_MASK
+    if mask.dtype == torch.bool:
+        keep = mask
+    elif not mask.is_floating_point():
+        keep = mask != 0
+    else:  # additive (0 / large negative) unless it is a 0/1 keep mask, decided by ops, not by Python
+        additive = (mask < 0).any() | ~(mask == 1).any()
+        keep = torch.where(additive, mask > -1.0, mask > 0.5)
+    if keep.dim() == 2:
+        keep = keep[:, None, None, :]
+    elif keep.dim() == 3:
+        keep = keep[:, None, :, :]
+    return MaskLayout(key_keep=None, attend=keep, is_key_padding=False)
 
 
 def is_right_padded(key_keep: Tensor) -> bool:

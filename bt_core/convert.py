@@ -11,13 +11,15 @@ import functools
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import torch
 from torch import nn
 
 from . import _hf_compat
-from ._engine import _StackState
 from ._known_packs import pack_for
+from ._modules import is_wrapper
+from ._preflight import check_attention_implementation, preflight
 from .errors import BetterTransformerError, UnsupportedModelError
-from .layer import BetterTransformerBaseLayer
+from .layer import BetterTransformerBaseLayer, building
 from .registry import PluginRegistry, RegisteredMapping, default_registry
 
 __all__ = ["BetterTransformer"]
@@ -55,8 +57,12 @@ class BetterTransformer:
                 "first if you want to convert it again."
             )
         target = copy.deepcopy(model) if keep_original_model else model
-        swaps = _plan(target, registry)
-        _commit(target, swaps)
+        preflight(target)
+        # Built outside inference mode, so that fused and derived parameters are ordinary tensors even
+        # when the model's are inference tensors (made or loaded under torch.inference_mode()).
+        with torch.inference_mode(False), torch.no_grad():
+            swaps = _plan(target, registry)
+            _commit(target, swaps)
         return target
 
     @staticmethod
@@ -116,6 +122,8 @@ def _plan(root: nn.Module, registry: PluginRegistry) -> list[_Swap]:
             if registered is None:
                 continue
             found += 1
+            if found == 1:
+                check_attention_implementation(owner, names.get(id(owner), ""))
             if id(module) not in swaps:
                 swaps[id(module)] = _build(root, owner, names[id(module)], module, registered)
         if not found:
@@ -141,10 +149,20 @@ def _build(
     adapter = registered.mapping.load_adapter()
     description = f"{qualified_name} ({type(layer).__name__})"
     try:
-        replacement = adapter(layer, owner.config)
+        with building(description):
+            replacement = adapter(layer, owner.config)
     except BetterTransformerError:
         raise
     except Exception as exc:
+        culprit = next(((p, m) for p, m in layer.named_modules() if is_wrapper(m)), None)
+        if culprit is not None:
+            path, module = culprit
+            raise UnsupportedModelError(
+                f"{qualified_name}.{path} is a {type(module).__module__}.{type(module).__qualname__}, which "
+                f"adapter {adapter.__name__} from plugin {registered.plugin.name!r} cannot read as a plain "
+                f"linear ({type(exc).__name__}: {exc}). Merge or remove the wrapper before converting, or "
+                "upgrade the plugin to one that declares its linears with use_linears (plugin API 1.1)."
+            ) from exc
         raise BetterTransformerError(
             f"adapter {adapter.__name__} from plugin {registered.plugin.name!r} failed on layer "
             f"{description}: {type(exc).__name__}: {exc}. The installed transformers may have changed "
@@ -182,16 +200,22 @@ def _commit(root: nn.Module, swaps: list[_Swap]) -> None:
         stacks.setdefault(swap.parent_name, []).append(swap)
     for stack in stacks.values():
         stack.sort(key=lambda s: int(s.child_name) if s.child_name.isdigit() else 0)
-        state = _StackState()
         for position, swap in enumerate(stack):
             swap.replacement.is_first_layer = position == 0
             swap.replacement.is_last_layer = position == len(stack) - 1 or swap.replacement.pads_every_output
-            swap.replacement.__dict__["_bt_stack"] = state
-    for swap in swaps:
-        parent = root.get_submodule(swap.parent_name) if swap.parent_name else root
-        swap.replacement.train(swap.original.training)
-        setattr(parent, swap.child_name, swap.replacement)
-        swap.replacement._bt_release_original()
+    done: list[_Swap] = []
+    try:
+        for swap in swaps:
+            parent = root.get_submodule(swap.parent_name) if swap.parent_name else root
+            swap.replacement.train(swap.original.training)
+            setattr(parent, swap.child_name, swap.replacement)
+            done.append(swap)
+            swap.replacement._bt_release_original()
+    except BaseException:
+        for swap in done:  # nothing half-converted: put every original back as it was
+            parent = root.get_submodule(swap.parent_name) if swap.parent_name else root
+            setattr(parent, swap.child_name, swap.replacement._bt_restore_original())
+        raise
     _hf_compat.reset_output_capture(root)
     for swap in swaps:
         _hf_compat.reset_output_capture(swap.original)  # kept aside for reverse, which re-hooks it

@@ -1,56 +1,79 @@
-"""The fused-layer contract every adapter fulfils.
+"""The layer contract every adapter fulfils.
 
 An adapter subclasses :class:`BetterTransformerBaseLayer`, is constructed as
-``Adapter(original_layer, config)``, and fills in the fused attributes listed in
-``FUSED_PARAMETERS`` (weights, biases, norms) and the scalars (``num_heads``, ``embed_dim``,
-``norm1_eps``, ``norm2_eps``, ``activation``, ``norm_first``). The base class checks them, picks the
-execution strategy on every call, and knows how to give the original layer back bit for bit.
+``Adapter(original_layer, config)``, and *declares* the layer's parts; the base class checks them,
+picks the execution strategy on every call, and gives the original layer back bit for bit.
+
+A layer is: projections (q/k/v, output, a feed-forward of two linears, gated or not), a position
+scheme on q/k (none, or rotary from cos/sin the model hands the layer), an additive score bias (none,
+or a relative position bias the call carries), a score scale, an attention window, grouped key/value
+heads, and two norms (LayerNorm with or without bias, RMSNorm, or none) before or after each branch.
+
+- Plugin API 1.0: assign the fused attributes in ``FUSED_PARAMETERS`` (weights as shared
+  ``nn.Parameter``, ``self.fuse(q, k, v)``, ``self.zeros(n, like=...)``, ``self.derive(...)``) and the
+  scalars ``num_heads``, ``embed_dim``, ``norm1_eps``, ``norm2_eps``, ``activation``, ``norm_first``.
+- Plugin API 1.1 adds: :meth:`use_linears` and :meth:`use_norms`, which take the layer's own modules
+  (a PEFT LoRA layer or a quantized Linear in a linear's place is then called, not read), and the
+  declarations ``head_dim``, ``num_kv_heads``, ``score_scale``, ``rotary``, ``attention_window``,
+  ``gated_half``, ``norm1_kind``/``norm2_kind``; ``parse_call`` may fill ``LayerCall.rotary`` and
+  ``LayerCall.score_bias``. The fused kernel runs only on layers that are exactly its shape.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from ._activations import ACTIVATIONS, KERNEL_ACTIVATIONS
+from . import _validate
+from ._activations import KERNEL_ACTIVATIONS
+from ._engine import run_layer
+from ._hf_compat import output_capture_requested, reinstall_output_capture, without_capture_hooks
 from ._masks import add_causal
+from ._modules import LinearKind, linear_kind, read_norm, refuse_unknown_linear
+from ._restore import FUSED_PARAMETERS, RestorableLayer
 from .errors import LayerValidationError, UnsupportedModelError
 
 __all__ = ["FUSED_PARAMETERS", "BetterTransformerBaseLayer", "LayerCall", "find_submodule"]
 
-#: The tensors the fused kernel takes, in the order it takes them.
-FUSED_PARAMETERS: tuple[str, ...] = (
-    "in_proj_weight",
-    "in_proj_bias",
-    "out_proj_weight",
-    "out_proj_bias",
-    "linear1_weight",
-    "linear1_bias",
-    "linear2_weight",
-    "linear2_bias",
-    "norm1_weight",
-    "norm1_bias",
-    "norm2_weight",
-    "norm2_bias",
-)
-
 _warned: set[tuple[str, str]] = set()
+_building: ContextVar[str | None] = ContextVar("bt_building", default=None)
+
+
+@contextlib.contextmanager
+def building(description: str) -> Iterator[None]:
+    """Name the layer an adapter is being built for, so declarations can name it in their errors."""
+    token = _building.set(description)
+    try:
+        yield
+    finally:
+        _building.reset(token)
+_LINEAR_ROLES = ("in_proj", "out_proj", "linear1", "linear2")
 
 
 @dataclass
 class LayerCall:
-    """One call of an encoder layer, read from whatever arguments the model's encoder passes."""
+    """One call of an encoder layer, read from whatever arguments the model's encoder passes.
+
+    ``rotary``: ``(cos, sin)`` for the layer's positions, ``(seq, dim)`` or ``(batch, seq, dim)`` (a head
+    axis of size 1 is allowed), applied to the first ``dim`` channels of every q and k head (API 1.1).
+    ``score_bias``: an additive float bias broadcastable to ``(batch, heads, seq, seq)``, without the
+    padding mask, which stays in ``attention_mask`` (API 1.1).
+    """
 
     hidden_states: Tensor
     attention_mask: Tensor | None = None
     head_mask: Tensor | None = None
     output_attentions: bool = False
+    rotary: tuple[Tensor, Tensor] | None = None
+    score_bias: Tensor | None = None
 
 
 class AttentionProbe(nn.Module):
@@ -64,21 +87,11 @@ class AttentionProbe(nn.Module):
         return context, probabilities
 
     def __getstate__(self) -> dict[str, Any]:
-        from ._hf_compat import without_capture_hooks
-
         return without_capture_hooks(self.__dict__)
 
 
-class BetterTransformerBaseLayer(nn.Module):
-    """Base class of every converted encoder layer.
-
-    Subclasses set the fused attributes in ``__init__`` after calling ``super().__init__``:
-    assign the original ``nn.Parameter`` where the kernel takes it as it is (it is shared, not
-    copied), ``self.fuse(q, k, v)`` for the packed input projection, ``self.zeros(n, like=...)`` for a
-    bias the original layer lacks, and ``self.derive(tensor, *sources)`` for a tensor computed from
-    others (e.g. a folded scale); derived tensors' sources are kept aside so ``reverse`` is exact.
-    Look weights up with :func:`find_submodule`, listing every name transformers has used.
-    """
+class BetterTransformerBaseLayer(RestorableLayer):
+    """Base class of every converted encoder layer. Adapters declare parts in ``__init__``."""
 
     #: Whether the installed transformers' encoder expects a tuple from this layer, not a tensor.
     returns_tuple: ClassVar[bool] = False
@@ -90,30 +103,17 @@ class BetterTransformerBaseLayer(nn.Module):
     pads_every_output: ClassVar[bool] = False
     #: Set when something after the layers reads outputs at padded positions (SigLIP's text pooler
     #: reads the last position): padded batches then run ``dense``, which computes every position as
-    #: the original does, instead of skipping padding.
+    #: the original does. (Left-padded batches always do: heads read position 0.)
     reads_padded_positions: ClassVar[bool] = False
-
-    in_proj_weight: nn.Parameter
-    in_proj_bias: nn.Parameter
-    out_proj_weight: nn.Parameter
-    out_proj_bias: nn.Parameter
-    linear1_weight: nn.Parameter
-    linear1_bias: nn.Parameter
-    linear2_weight: nn.Parameter
-    linear2_bias: nn.Parameter
-    norm1_weight: nn.Parameter
-    norm1_bias: nn.Parameter
-    norm2_weight: nn.Parameter
-    norm2_bias: nn.Parameter
 
     def __init__(self, layer: nn.Module, config: Any) -> None:
         super().__init__()
         # Kept out of the module tree on purpose: registering it would count its parameters twice.
-        self.__dict__["_bt_original_layer"] = layer
-        self.__dict__["_bt_fused_sources"] = {}
-        self.__dict__["_bt_derived_sources"] = set()
-        self.__dict__["_bt_derived"] = {}
-        self.__dict__["_bt_restore_plan"] = None
+        for name, value in (("_bt_original_layer", layer), ("_bt_fused_sources", {}), ("_bt_derived_sources", set())):
+            self.__dict__[name] = value
+        for name, value in (("_bt_derived", {}), ("_bt_restore_plan", None), ("_bt_absent", set()), ("_bt_calls", {})):
+            self.__dict__[name] = value
+        self.__dict__["_bt_whole_input"] = False  # a wrapped linear must see the padded batch
         self.config = config
         self.num_heads: int | None = None
         self.embed_dim: int | None = None
@@ -121,6 +121,24 @@ class BetterTransformerBaseLayer(nn.Module):
         self.norm2_eps: float | None = None
         self.activation: str = "gelu"
         self.norm_first: bool = False
+        # -- declared parts (plugin API 1.1); the defaults describe the 1.0 layer ----------------------
+        #: Width of one attention head; None: ``embed_dim // num_heads``.
+        self.head_dim: int | None = None
+        #: Key/value heads for grouped-query attention; None: ``num_heads``.
+        self.num_kv_heads: int | None = None
+        #: Multiplier of q.k; None: ``1/sqrt(head_dim)`` (T5 declares 1.0).
+        self.score_scale: float | None = None
+        #: Rotary positions on q and k from ``LayerCall.rotary``: ``"half"`` (rotate_half, as llama,
+        #: ModernBERT) or ``"interleaved"`` (pairs of channels, as RoFormer); None: no rotary.
+        self.rotary: str | None = None
+        #: A query attends only to keys at most this many positions away (local attention); None: all.
+        self.attention_window: int | None = None
+        #: Gated feed-forward: which half of ``linear1``'s output goes through the activation
+        #: (``"first"`` or ``"second"``); the other half multiplies it. None: ``linear2(act(linear1(x)))``.
+        self.gated_half: str | None = None
+        #: ``"layer"`` (LayerNorm), ``"rms"`` (RMSNorm, float32 statistics) or ``"none"`` (identity).
+        self.norm1_kind: str = "layer"
+        self.norm2_kind: str = "layer"
         #: Regularisation, applied by the reference path in training mode: dropout on the attention
         #: probabilities; dropout on each residual branch's output (``hidden_dropout`` for both unless
         #: ``attention_output_dropout``/``feed_forward_dropout`` say otherwise, e.g. 0.0 for a branch
@@ -133,11 +151,78 @@ class BetterTransformerBaseLayer(nn.Module):
         #: Position in the encoder's layer list; set by the conversion.
         self.is_first_layer = True
         self.is_last_layer = True
-        self.bt_layer_name = type(layer).__name__
+        self.bt_layer_name = _building.get() or type(layer).__name__
         self.attention_probe = AttentionProbe()
-        self.__dict__["_bt_stack"] = None
+        #: Wrapped modules in a linear's place, called by the strategies (registered, so trainable).
+        self.wrapped = nn.ModuleDict()
 
-    # -- helpers for adapters ------------------------------------------------------------------
+    # -- declaring parts ---------------------------------------------------------------------------
+
+    def use_linears(self, **roles: nn.Module | Sequence[nn.Module]) -> None:
+        """Declare linears by module: ``in_proj=(q, k, v)`` or one fused qkv module, ``out_proj=``,
+        ``linear1=`` (one module, or several whose outputs are concatenated, e.g. ``(gate, up)``), ``linear2=``.
+
+        Plain ``nn.Linear`` weights are shared (or fused, for several); a PEFT adapter layer or a
+        quantized Linear is kept and called. A bias-free linear gets no bias. (Plugin API 1.1.)
+        """
+        paths = {id(m): p for p, m in self._bt_original_layer.named_modules()}
+        for role, given in roles.items():
+            if role not in _LINEAR_ROLES:
+                raise LayerValidationError(f"use_linears: unknown role {role!r}; roles: {', '.join(_LINEAR_ROLES)}.")
+            modules = tuple(given) if isinstance(given, (tuple, list)) else (given,)
+            kinds = [linear_kind(m) for m in modules]
+            for module, kind in zip(modules, kinds, strict=True):
+                if kind is None:
+                    raise refuse_unknown_linear(module, f"{self.bt_layer_name}.{paths.get(id(module), role)}")
+            if any(kind is not LinearKind.PLAIN for kind in kinds):
+                self.wrapped[role] = nn.ModuleList(modules)
+                self._bt_calls[role] = modules
+                if LinearKind.WHOLE_INPUT in kinds:
+                    self.__dict__["_bt_whole_input"] = True
+                weight = bias = None
+            else:
+                weight = modules[0].weight if len(modules) == 1 else self.fuse(*(m.weight for m in modules))
+                biases = [m.bias for m in modules]
+                if all(b is None for b in biases):
+                    bias = None
+                elif len(modules) == 1:
+                    bias = biases[0]
+                else:
+                    bias = self.fuse(*(b if b is not None else self.zeros(m.weight.shape[0], like=m.weight)
+                                       for m, b in zip(modules, biases, strict=True)))  # fmt: skip
+            self._declare(f"{role}_weight", weight)
+            self._declare(f"{role}_bias", bias)
+
+    def use_norms(self, **norms: nn.Module) -> None:
+        """Declare ``norm1=`` (before or after attention) and ``norm2=`` (feed-forward) by module:
+        ``nn.LayerNorm`` with or without bias, an RMSNorm (T5LayerNorm, ``*RMSNorm``) or ``nn.Identity``."""
+        for which, module in norms.items():
+            if which not in ("norm1", "norm2"):
+                raise LayerValidationError(f"use_norms: unknown norm {which!r}; declare norm1 and norm2.")
+            spec = read_norm(module, f"{self.bt_layer_name} {which}")
+            setattr(self, f"{which}_kind", spec.kind)
+            setattr(self, f"{which}_eps", spec.eps)
+            self._declare(f"{which}_weight", spec.weight)
+            self._declare(f"{which}_bias", spec.bias)
+
+    @staticmethod
+    def is_plain_linear(module: nn.Module) -> bool:
+        """Whether ``module`` is ``F.linear`` on its weight (not a LoRA layer, quantized Linear, ...)."""
+        return linear_kind(module) is LinearKind.PLAIN
+
+    def _declare(self, name: str, value: Tensor | None) -> None:
+        if value is None:
+            self._bt_absent.add(name)
+            setattr(self, name, None)
+        else:
+            self._bt_absent.discard(name)
+            setattr(self, name, value)
+
+    @property
+    def attention_head_dim(self) -> int:
+        return int(self.head_dim or int(self.embed_dim) // int(self.num_heads))  # type: ignore[arg-type]
+
+    # -- helpers for adapters (plugin API 1.0) -----------------------------------------------------
 
     def fuse(self, *parts: Tensor) -> nn.Parameter:
         """Concatenate ``parts`` along dim 0 (q, k, v into ``in_proj``) into a new parameter."""
@@ -193,7 +278,7 @@ class BetterTransformerBaseLayer(nn.Module):
             return hidden_states
         return (hidden_states, attentions) if call.output_attentions else (hidden_states,)
 
-    # -- the contract ---------------------------------------------------------------------------
+    # -- the contract -----------------------------------------------------------------------------
 
     @property
     def kernel_computes_activation(self) -> bool:
@@ -201,60 +286,11 @@ class BetterTransformerBaseLayer(nn.Module):
         return self.activation in KERNEL_ACTIVATIONS
 
     def validate_bettertransformer(self) -> None:
-        """Refuse, naming the layer, attribute and value, anything the fused math would get wrong."""
-        where = f"{type(self).__name__} (converting {self.bt_layer_name})"
-        for name in (*FUSED_PARAMETERS, "num_heads", "embed_dim", "norm1_eps", "norm2_eps"):
-            if getattr(self, name, None) is None:
-                raise LayerValidationError(f"{where}: attribute `{name}` was not set; the adapter must assign it.")
-        embed_dim, num_heads = int(self.embed_dim), int(self.num_heads)  # type: ignore[arg-type]
-        if num_heads <= 0 or embed_dim % num_heads != 0:
-            raise LayerValidationError(
-                f"{where}: embed_dim={embed_dim} is not divisible by num_heads={num_heads}; "
-                "the fused attention splits the hidden size evenly across heads."
-            )
-        ffn = self.linear1_weight.shape[0]
-        expected = {
-            "in_proj_weight": (3 * embed_dim, embed_dim),
-            "in_proj_bias": (3 * embed_dim,),
-            "out_proj_weight": (embed_dim, embed_dim),
-            "out_proj_bias": (embed_dim,),
-            "linear1_weight": (ffn, embed_dim),
-            "linear1_bias": (ffn,),
-            "linear2_weight": (embed_dim, ffn),
-            "linear2_bias": (embed_dim,),
-            "norm1_weight": (embed_dim,),
-            "norm1_bias": (embed_dim,),
-            "norm2_weight": (embed_dim,),
-            "norm2_bias": (embed_dim,),
-        }
-        for name, shape in expected.items():
-            actual = tuple(getattr(self, name).shape)
-            if actual != shape:
-                raise LayerValidationError(
-                    f"{where}: `{name}` has shape {actual}, expected {shape} for embed_dim={embed_dim} "
-                    f"and a feed-forward size of {ffn}."
-                )
-        if self.norm1_eps != self.norm2_eps:
-            raise LayerValidationError(
-                f"{where}: norm1_eps={self.norm1_eps} differs from norm2_eps={self.norm2_eps}; the fused "
-                "kernel takes one epsilon for both layer norms, so this layer cannot be converted exactly."
-            )
-        if self.activation not in ACTIVATIONS:
-            raise LayerValidationError(
-                f"{where}: activation {self.activation!r} is not one bt computes exactly; "
-                f"supported: {', '.join(sorted(ACTIVATIONS))}."
-            )
-        dtypes = {getattr(self, name).dtype for name in FUSED_PARAMETERS}
-        if len(dtypes) != 1:
-            raise LayerValidationError(
-                f"{where}: the fused parameters mix dtypes {sorted(map(str, dtypes))}; cast the model "
-                "to one dtype (e.g. model.float()) before converting."
-            )
+        """Refuse, naming the layer, attribute and value, anything the strategies would compute wrongly."""
+        _validate.validate(self)
 
     def forward_checker(self, call: LayerCall) -> str | None:
         """Why this call must take the differentiable reference path, or None when a fast path may run."""
-        from ._hf_compat import output_capture_requested
-
         if self.training:
             return "the module is in training mode"
         if torch.is_grad_enabled() and (
@@ -279,8 +315,6 @@ class BetterTransformerBaseLayer(nn.Module):
             )
 
     def forward(self, hidden_states: Tensor, *args: Any, **kwargs: Any) -> Any:
-        from ._engine import run_layer
-
         call = self.parse_call(hidden_states, args, kwargs)
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             # Set by transformers' gradient_checkpointing_enable(): keep no activations, recompute them.
@@ -294,13 +328,9 @@ class BetterTransformerBaseLayer(nn.Module):
 
     def __getstate__(self) -> dict[str, Any]:
         # transformers' recording hooks are closures that pickle refuses; they are re-made on load.
-        from ._hf_compat import without_capture_hooks
-
         return without_capture_hooks(self.__dict__)
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from ._hf_compat import reinstall_output_capture
-
         super().__setstate__(state)
         reinstall_output_capture(self)
 
@@ -310,88 +340,9 @@ class BetterTransformerBaseLayer(nn.Module):
             f"norm_first={self.norm_first}, original={self.bt_layer_name}"
         )
 
-    # -- giving the original back ---------------------------------------------------------------
-
     @property
     def original_layer(self) -> nn.Module:
         return self._bt_original_layer
-
-    def _bt_plan_restore(self) -> None:
-        """Record, per original parameter, where its value lives in this layer."""
-        original = self._bt_original_layer
-        names_by_id = {id(p): name for name, p in original.named_parameters(remove_duplicate=False)}
-        shared: dict[str, str] = {}
-        sliced: dict[str, tuple[str, int, int]] = {}
-        derived: dict[str, tuple[list[str | None], Any]] = {}
-        for attr in FUSED_PARAMETERS:
-            value = getattr(self, attr)
-            if id(value) in names_by_id:
-                shared[names_by_id[id(value)]] = attr
-                continue
-            if id(value) in self._bt_derived:
-                sources, inverse = self._bt_derived[id(value)]
-                derived[attr] = ([names_by_id.get(id(source)) for source in sources], inverse)
-                continue
-            offset = 0
-            for source in self._bt_fused_sources.get(id(value), []):
-                size = source.shape[0]
-                name = names_by_id.get(id(source))
-                if name is not None and id(source) not in self._bt_derived_sources:
-                    sliced[name] = (attr, offset, offset + size)
-                offset += size
-        self.__dict__["_bt_restore_plan"] = (shared, sliced, derived)
-
-    def _bt_release_original(self) -> None:
-        """Free the original copies of sliced parameters; ``reverse`` rebuilds them from the fused ones."""
-        _, sliced, derived = self._bt_restore_plan
-        for name in sliced:
-            owner, _, pname = _owner(self._bt_original_layer, name)
-            old = getattr(owner, pname)
-            setattr(owner, pname, nn.Parameter(old.detach().to("meta"), requires_grad=old.requires_grad))
-        # In-place updates (optimizer steps, load_state_dict) bump a tensor's version counter.
-        self.__dict__["_bt_derived_versions"] = {attr: getattr(self, attr)._version for attr in derived}
-
-    def _bt_changed_derived(self) -> list[str]:
-        _, _, derived = self._bt_restore_plan
-        versions = self._bt_derived_versions
-        return [attr for attr in derived if getattr(self, attr)._version != versions.get(attr)]
-
-    def _bt_restore_blocker(self) -> str | None:
-        """Why ``reverse`` cannot give this layer back without losing a change, or None."""
-        _, _, derived = self._bt_restore_plan
-        lost = [attr for attr in self._bt_changed_derived() if derived[attr][1] is None]
-        if lost:
-            return (
-                f"{type(self).__name__} ({self.bt_layer_name}): {', '.join(lost)} changed after conversion and "
-                "the adapter gives no inverse to carry the change back to the original parameters; keep "
-                "using the converted model, or give derive() an inverse in the adapter."
-            )
-        return None
-
-    def _bt_restore_original(self) -> nn.Module:
-        """The original layer, its parameters holding this layer's current values."""
-        original = self._bt_original_layer
-        shared, sliced, derived = self._bt_restore_plan
-        for attr in self._bt_changed_derived():
-            names, inverse = derived[attr]
-            for name, value in zip(names, inverse(getattr(self, attr).detach()), strict=True):
-                if name is None:
-                    continue
-                owner, _, pname = _owner(original, name)
-                old = getattr(owner, pname)
-                setattr(owner, pname, nn.Parameter(value.detach().clone(), requires_grad=old.requires_grad))
-        for name, attr in shared.items():
-            owner, _, pname = _owner(original, name)
-            setattr(owner, pname, getattr(self, attr))
-        for name, (attr, start, end) in sliced.items():
-            owner, _, pname = _owner(original, name)
-            old = getattr(owner, pname)
-            value = getattr(self, attr)[start:end].detach().clone()
-            setattr(owner, pname, nn.Parameter(value, requires_grad=old.requires_grad))
-        reference = self.in_proj_weight
-        original.to(device=reference.device, dtype=reference.dtype)
-        original.train(self.training)
-        return original
 
 
 def find_submodule(layer: nn.Module, names: Sequence[str], what: str, *, plugin: str = "the plugin") -> nn.Module:
@@ -412,8 +363,3 @@ def find_submodule(layer: nn.Module, names: Sequence[str], what: str, *, plugin:
         f"(the layer's children are: {children}). The installed transformers may have renamed this "
         f"layer's weights: upgrade {plugin}, or install a transformers release it supports."
     )
-
-
-def _owner(root: nn.Module, qualified_name: str) -> tuple[nn.Module, str, str]:
-    module_path, _, pname = qualified_name.rpartition(".")
-    return (root.get_submodule(module_path) if module_path else root), module_path, pname

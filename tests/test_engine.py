@@ -204,11 +204,17 @@ def test_packed_stays_packed_between_layers_and_restores_the_padded_shape(models
     assert seen == [(int(keep.sum()), 64), (BATCH, SEQ, 64)]
 
 
-def test_padded_positions_of_packed_output_are_zero(models) -> None:
-    _, converted = models
+def test_packed_output_is_zero_at_padding_except_a_padded_position_zero(models) -> None:
+    """Heads read position 0: where it is padding (left padding), packed computes it as the original."""
+    original, converted = models
     keep = keep_mask("middle")
-    out = run_converted(converted.encoder, hidden(), keep, "packed")
-    assert bool((out[~keep] == 0).all())
+    states = hidden()
+    out = run_converted(converted.encoder, states, keep, "packed")
+    read_by_heads = torch.zeros_like(keep)
+    read_by_heads[:, 0] = True
+    assert bool((out[~keep & ~read_by_heads] == 0).all())
+    expected = reference_output(original, states, keep)
+    torch.testing.assert_close(out[:, 0], expected[:, 0], atol=1e-5, rtol=0)
 
 
 def test_reference_after_a_packed_layer_unpacks(models) -> None:

@@ -74,16 +74,9 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
         out, ffn_in, ffn_out = get("attention output"), get("feed-forward input"), get("feed-forward output")
         norm1, norm2 = get("first layer norm"), get("second layer norm")
 
-        self.in_proj_weight = self.fuse(q.weight, k.weight, v.weight)
-        self.in_proj_bias = self.fuse(*(self._bias(m) for m in (q, k, v)))
-        self.out_proj_weight = out.weight
-        self.out_proj_bias = self._bias(out)
-        self.linear1_weight = ffn_in.weight
-        self.linear1_bias = self._bias(ffn_in)
-        self.linear2_weight = ffn_out.weight
-        self.linear2_bias = self._bias(ffn_out)
-        self.norm1_weight, self.norm1_bias, self.norm1_eps = self._norm(norm1)
-        self.norm2_weight, self.norm2_bias, self.norm2_eps = self._norm(norm2)
+        # Modules, not weights: a PEFT LoRA layer or a quantized Linear in a linear's place is called.
+        self.use_linears(in_proj=(q, k, v), out_proj=out, linear1=ffn_in, linear2=ffn_out)
+        self.use_norms(norm1=norm1, norm2=norm2)
         self.norm_first = self.NORM_FIRST
         self.num_heads = int(_config_value(config, self.HEADS_FIELDS))
         self.embed_dim = int(_config_value(config, self.HIDDEN_FIELDS))
@@ -120,19 +113,6 @@ class EncoderLayerAdapter(BetterTransformerBaseLayer):
                 "longer describes the model (edited after it was built?). Rebuild the model from the "
                 "config, or set the field back to the activation the layer uses."
             )
-
-    def _bias(self, linear: nn.Module) -> Tensor:
-        bias = getattr(linear, "bias", None)
-        return bias if bias is not None else self.zeros(linear.weight.shape[0], like=linear.weight)
-
-    def _norm(self, norm: nn.Module) -> tuple[Tensor, Tensor, float]:
-        if not isinstance(norm, nn.LayerNorm) or norm.weight is None:
-            raise UnsupportedModelError(
-                f"{type(self).__name__}: the layer norm is a {type(norm).__name__} without an affine "
-                "LayerNorm weight; the fused kernel computes only nn.LayerNorm with weight and bias."
-            )
-        bias = norm.bias if norm.bias is not None else self.zeros(norm.weight.shape[0], like=norm.weight)
-        return norm.weight, bias, float(norm.eps)
 
     def check_config(self, layer: nn.Module, config: Any) -> None:
         """Refuse configurations whose layer computes something the fused math does not."""

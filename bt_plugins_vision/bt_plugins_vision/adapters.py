@@ -109,15 +109,23 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
         self.activation = _activation(layer, config)
         self.norm_first = True
 
-        self.in_proj_weight = self.fuse(q.weight, k.weight, v.weight)
-        self.in_proj_bias = self._fused_bias(q, k, v)
-        out_w, out_b, lin2_w, lin2_b = out.weight, self._bias(out), fc2.weight, self._bias(fc2)
+        # Modules, not weights: a PEFT LoRA layer or a quantized Linear in a linear's place is called.
+        self.use_linears(in_proj=(q, k, v), linear1=fc1)
+        self.use_norms(norm1=norm1, norm2=norm2)
         scale1, scale2 = self.layer_scales(layer)
-        self.out_proj_weight, self.out_proj_bias = self._scaled(out_w, out_b, scale1)
-        self.linear1_weight, self.linear1_bias = fc1.weight, self._bias(fc1)
-        self.linear2_weight, self.linear2_bias = self._scaled(lin2_w, lin2_b, scale2)
-        self.norm1_weight, self.norm1_bias, self.norm1_eps = norm1.weight, norm1.bias, norm1.eps
-        self.norm2_weight, self.norm2_bias, self.norm2_eps = norm2.weight, norm2.bias, norm2.eps
+        for role, linear, scale in (("out_proj", out, scale1), ("linear2", fc2, scale2)):
+            if scale is None:
+                self.use_linears(**{role: linear})
+                continue
+            if not self.is_plain_linear(linear):
+                raise UnsupportedModelError(
+                    f"{self.bt_layer_name}: its {role} is a {type(linear).__name__} followed by a layer scale, "
+                    "which bt folds into a plain linear's weight and cannot fold into a wrapper. Merge the "
+                    "wrapper first (for PEFT: model.merge_and_unload()), or keep this model unconverted."
+                )
+            weight, bias = self._scaled(linear.weight, self._bias(linear), scale)
+            setattr(self, f"{role}_weight", weight)
+            setattr(self, f"{role}_bias", bias)
 
         own = _own_config(layer, config)
         self.attention_dropout = float(getattr(own, "attention_probs_dropout_prob", 0.0) or 0.0)
@@ -145,15 +153,6 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
         if linear.bias is not None:
             return linear.bias
         return self._absent_bias(linear.weight.shape[0], like=linear.weight)
-
-    def _fused_bias(self, q: nn.Module, k: nn.Module, v: nn.Module) -> nn.Parameter:
-        if q.bias is None and k.bias is None and v.bias is None:  # qkv_bias=False
-            size = q.weight.shape[0] + k.weight.shape[0] + v.weight.shape[0]
-            return self._absent_bias(size, like=q.weight)
-        # A missing key bias alone (BEiT) stays a trainable slice of the fused bias; its gradient is zero,
-        # since adding one vector to every key shifts each query's scores by a constant.
-        parts = [m.bias if m.bias is not None else self.zeros(m.weight.shape[0], like=m.weight) for m in (q, k, v)]
-        return self.fuse(*parts)
 
     def _scaled(
         self, weight: nn.Parameter, bias: nn.Parameter, scale: Tensor | None

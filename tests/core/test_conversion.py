@@ -107,10 +107,10 @@ def test_a_failure_midway_leaves_the_model_as_it_was(monkeypatch: pytest.MonkeyP
         calls.append(layer)
         original_init(self, layer, config)
         if len(calls) == 2:
-            self.norm2_eps = 1e-3  # invalid: differs from norm1_eps
+            self.activation = "mish"  # invalid: not an activation bt computes exactly
 
     monkeypatch.setattr(ToyAdapter, "__init__", failing_on_second_layer)
-    with pytest.raises(BetterTransformerError, match=r"layers\.1 \(ToyLayer\).*norm1_eps"):
+    with pytest.raises(BetterTransformerError, match=r"layers\.1 \(ToyLayer\).*mish"):
         BetterTransformer.transform(model)
     assert list(model.layers) == layers_before
     assert not BetterTransformer.is_converted(model)
@@ -224,7 +224,6 @@ def test_a_converted_model_can_be_deep_copied_and_pickled(tmp_path) -> None:
     for clone in (copy.deepcopy(model), torch.load(tmp_path / "model.pt", weights_only=False)):
         with torch.inference_mode():
             torch.testing.assert_close(clone(ids, mask).last_hidden_state, model(ids, mask).last_hidden_state)
-        assert clone.layers[0]._bt_stack is clone.layers[2]._bt_stack, "layers of one stack share their state"
 
 
 class _DoubledBiasAdapter(ToyAdapter):

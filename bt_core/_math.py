@@ -1,0 +1,160 @@
+"""The layer's arithmetic, once, for every ordinary-op strategy (packed, dense, reference, traceable).
+
+Every declared part is computed here: projections (a shared/fused weight, or the layer's own wrapped
+module called), rotary positions, score bias, scale, window and grouped key/value heads in attention,
+a plain or gated feed-forward, LayerNorm/RMSNorm/no norm, pre- or post-norm. The strategies differ
+only in the tokens they hand in (the padded batch, or the packed real tokens) and in ``attend``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ._activations import activation_function
+
+if TYPE_CHECKING:
+    from .layer import BetterTransformerBaseLayer
+
+#: ``attend(q, k, v)``: q ``(..., heads, head_dim)``, k/v ``(..., kv_heads, head_dim)`` -> ``(..., heads * head_dim)``.
+Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+#: Activations with an in-place kernel; inference applies them to the feed-forward's own buffer.
+_INPLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu": torch.ops.aten.gelu_,
+    "relu": torch.relu_,
+}
+
+
+def linear(layer: BetterTransformerBaseLayer, role: str, x: Tensor) -> Tensor | tuple[Tensor, ...]:
+    """``role``'s projection of ``x``: F.linear on the declared weight, or the wrapped modules called
+    (a tuple when the role has several, e.g. q, k, v)."""
+    modules = layer._bt_calls.get(role)
+    if modules is None:
+        return F.linear(x, getattr(layer, f"{role}_weight"), getattr(layer, f"{role}_bias"))
+    if len(modules) == 1:
+        return modules[0](x)
+    return tuple(module(x) for module in modules)
+
+
+def project_qkv(layer: BetterTransformerBaseLayer, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """q ``(..., heads, head_dim)`` and k, v ``(..., kv_heads, head_dim)`` of the tokens ``x``."""
+    heads = int(layer.num_heads)  # type: ignore[arg-type]
+    kv_heads = int(layer.num_kv_heads or heads)
+    head_dim = layer.attention_head_dim
+    projected = linear(layer, "in_proj", x)
+    if isinstance(projected, tuple):
+        q, k, v = projected
+    else:
+        q, k, v = projected.split((heads * head_dim, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
+    return q.unflatten(-1, (heads, head_dim)), k.unflatten(-1, (kv_heads, head_dim)), v.unflatten(-1, (kv_heads, head_dim))
+
+
+def rotate(x: Tensor, cos: Tensor, sin: Tensor, style: str) -> Tensor:
+    """Rotary positions on ``x`` ``(..., heads, head_dim)``; ``cos``/``sin`` ``(..., 1, dim)`` cover the first ``dim`` channels."""
+    dim = cos.shape[-1]
+    part = x[..., :dim] if dim < x.shape[-1] else x
+    if style == "half":
+        first, second = part.chunk(2, dim=-1)
+        turned = torch.cat((-second, first), dim=-1)
+    else:  # interleaved pairs (RoFormer)
+        turned = torch.stack((-part[..., 1::2], part[..., ::2]), dim=-1).reshape(part.shape)
+    rotated = part * cos + turned * sin
+    return torch.cat((rotated, x[..., dim:]), dim=-1) if dim < x.shape[-1] else rotated
+
+
+def rotary_per_position(call_rotary: tuple[Tensor, Tensor], batch: int, seq_len: int) -> tuple[Tensor, Tensor]:
+    """The call's cos/sin as ``(batch, seq, dim)``, whatever leading shape the model gave them."""
+    out = []
+    for table in call_rotary:
+        if table.dim() == 4:  # (batch, 1, seq, dim)
+            table = table.squeeze(1)
+        if table.dim() == 2:
+            table = table[None]
+        out.append(table[:, :seq_len].expand(batch, seq_len, table.shape[-1]))
+    return out[0], out[1]
+
+
+def expand_kv(layer: BetterTransformerBaseLayer, k: Tensor, v: Tensor, head_axis: int) -> tuple[Tensor, Tensor]:
+    """Repeat grouped key/value heads to one per query head (as transformers' repeat_kv does)."""
+    kv_heads = layer.num_kv_heads
+    if not kv_heads or kv_heads == layer.num_heads:
+        return k, v
+    groups = int(layer.num_heads) // int(kv_heads)  # type: ignore[arg-type]
+    return k.repeat_interleave(groups, dim=head_axis), v.repeat_interleave(groups, dim=head_axis)
+
+
+def window_keep(positions: Tensor, window: int) -> Tensor:
+    """``(..., q, k)`` True where key and query are at most ``window`` positions apart."""
+    return (positions[..., :, None] - positions[..., None, :]).abs() <= window
+
+
+def score_mask(keep: Tensor | None, bias: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """One SDPA ``attn_mask``: the bool keep mask alone, or the float bias with dropped keys at -inf."""
+    if bias is None:
+        return keep
+    bias = bias.to(dtype)
+    return bias if keep is None else bias.masked_fill(~keep, float("-inf"))
+
+
+def norm(layer: BetterTransformerBaseLayer, which: str, x: Tensor) -> Tensor:
+    kind = layer.norm1_kind if which == "norm1" else layer.norm2_kind
+    if kind == "none":
+        return x
+    weight, bias = getattr(layer, f"{which}_weight"), getattr(layer, f"{which}_bias")
+    eps = float(getattr(layer, f"{which}_eps"))
+    if kind == "layer":
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+    # RMSNorm as T5 and the llama family compute it: float32 statistics, scaled in the input's dtype.
+    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    return weight * (x * torch.rsqrt(variance + eps)).to(x.dtype)
+
+
+def layer_math(
+    layer: BetterTransformerBaseLayer,
+    tokens: Tensor,
+    attend: Attend,
+    regularise: Callable[[Tensor, str], Tensor] | None = None,
+) -> Tensor:
+    """One encoder layer on ``tokens`` of shape ``(..., hidden)``.
+
+    With ``regularise`` (the reference path) every op is out of place, so autograd can differentiate
+    it, and ``regularise(output, branch)`` is applied to each residual branch's output before it is
+    added (``branch`` is ``"attention"`` or ``"feed_forward"``): dropout and stochastic depth. Without
+    it (the fast paths) residual adds and the activation run in place on buffers this function owns,
+    never on ``tokens``: one pass over memory instead of an allocation and two passes, about 3% of a
+    BERT-base layer on CPU.
+    """
+    inference = regularise is None
+    act = (_INPLACE_ACTIVATIONS.get(layer.activation) if inference else None) or activation_function(layer.activation)
+
+    def branch(output: Tensor, name: str, residual: Tensor) -> Tensor:
+        if regularise is None:
+            return output.add_(residual)
+        return residual + regularise(output, name)
+
+    def attention_block(x: Tensor, residual: Tensor) -> Tensor:
+        context = attend(*project_qkv(layer, x))
+        return branch(linear(layer, "out_proj", context), "attention", residual)  # type: ignore[arg-type]
+
+    def feed_forward(x: Tensor, residual: Tensor) -> Tensor:
+        inner = linear(layer, "linear1", x)
+        if isinstance(inner, tuple):
+            inner = torch.cat(inner, dim=-1)
+        if layer.gated_half is None:
+            inner = act(inner)
+        else:
+            first, second = inner.chunk(2, dim=-1)
+            gate, up = (first, second) if layer.gated_half == "first" else (second, first)
+            inner = act(gate) * up
+        return branch(linear(layer, "linear2", inner), "feed_forward", residual)  # type: ignore[arg-type]
+
+    if layer.norm_first:
+        x = attention_block(norm(layer, "norm1", tokens), tokens)
+        return feed_forward(norm(layer, "norm2", x), x)
+    x = norm(layer, "norm1", attention_block(tokens, tokens))
+    return norm(layer, "norm2", feed_forward(x, x))
