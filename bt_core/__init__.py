@@ -16,6 +16,7 @@ from .registry import register_plugin, supported_model_types
 
 if TYPE_CHECKING:
     from ._engine import Strategy, force_strategy
+    from ._packing import PackedTokens
     from .convert import BetterTransformer
     from .layer import BetterTransformerBaseLayer
 
@@ -26,6 +27,7 @@ __all__ = [
     "BetterTransformerError",
     "LayerMapping",
     "LayerValidationError",
+    "PackedTokens",
     "PluginLoadError",
     "Strategy",
     "UnsupportedModelError",
@@ -38,6 +40,7 @@ __all__ = [
 _LAZY = {
     "BetterTransformer": ".convert",
     "BetterTransformerBaseLayer": ".layer",
+    "PackedTokens": "._packing",
     "Strategy": "._engine",
     "force_strategy": "._engine",
 }
