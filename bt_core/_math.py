@@ -51,11 +51,15 @@ def project_qkv(layer: BetterTransformerBaseLayer, x: Tensor) -> tuple[Tensor, T
         q, k, v = projected
     else:
         q, k, v = projected.split((heads * head_dim, kv_heads * head_dim, kv_heads * head_dim), dim=-1)
-    return q.unflatten(-1, (heads, head_dim)), k.unflatten(-1, (kv_heads, head_dim)), v.unflatten(-1, (kv_heads, head_dim))
+    q = q.unflatten(-1, (heads, head_dim))
+    return q, k.unflatten(-1, (kv_heads, head_dim)), v.unflatten(-1, (kv_heads, head_dim))
 
 
 def rotate(x: Tensor, cos: Tensor, sin: Tensor, style: str) -> Tensor:
-    """Rotary positions on ``x`` ``(..., heads, head_dim)``; ``cos``/``sin`` ``(..., 1, dim)`` cover the first ``dim`` channels."""
+    """Rotary positions on ``x`` ``(..., heads, head_dim)``.
+
+    ``cos``/``sin`` are ``(..., 1, dim)`` and cover the first ``dim`` channels of each head.
+    """
     dim = cos.shape[-1]
     part = x[..., :dim] if dim < x.shape[-1] else x
     if style == "half":

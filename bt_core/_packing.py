@@ -114,9 +114,7 @@ class PackedTokens(Tensor):
         return out
 
 
-def packed(
-    layer: BetterTransformerBaseLayer, call: LayerCall, layout: MaskLayout, *, last: bool
-) -> Tensor:
+def packed(layer: BetterTransformerBaseLayer, call: LayerCall, layout: MaskLayout, *, last: bool) -> Tensor:
     """Real tokens only. The first layer gathers them; the following ones receive :class:`PackedTokens`
     and skip the mask and the gather/scatter (~5% of a BERT-base layer at 50% padding when done per
     layer); the last layer scatters back into the padded shape."""
@@ -183,6 +181,6 @@ def _real_keys(length: int, device: torch.device) -> Tensor:
 
 def _row_bias(bias: Tensor, batch_rows: list[int], positions: Tensor) -> Tensor:
     """``bias`` ``(batch|1, heads|1, seq, seq)`` at each row's real positions: ``(rows, heads|1, length, length)``."""
-    rows = torch.tensor(batch_rows, device=bias.device) if bias.shape[0] > 1 else torch.zeros(len(batch_rows), dtype=torch.long, device=bias.device)
+    rows = torch.tensor(batch_rows if bias.shape[0] > 1 else [0] * len(batch_rows), device=bias.device)
     picked = bias[rows[:, None, None], :, positions[:, :, None], positions[:, None, :]]  # (rows, L, L, heads)
     return picked.permute(0, 3, 1, 2)

@@ -46,5 +46,5 @@ def check_attention_implementation(owner: nn.Module, where: str) -> None:
         f"{where or type(owner).__name__} ({type(owner).__name__}) uses attn_implementation={implementation!r}, "
         "whose layers receive a mask bt cannot read (flex_attention hands them a BlockMask); bt converts "
         "models using 'eager' or 'sdpa'. Switch first: `model.set_attn_implementation(\"sdpa\")` (or load with "
-        "attn_implementation=\"sdpa\"), then convert."
+        'attn_implementation="sdpa"), then convert.'
     )

@@ -13,6 +13,22 @@ Versioning: ``PLUGIN_API_VERSION`` is ``MAJOR.MINOR``. A minor bump only adds ho
 fields; a plugin built for an older minor keeps working. A major bump removes or changes a hook;
 before that, the old form is deprecated (with a warning naming the plugin) for at least one minor
 release. bt-core refuses a plugin whose major differs, naming both versions.
+
+What each minor added (the adapter contract lives in :mod:`bt_core.layer`):
+
+- 1.0: the hooks below; adapters assign the fused attributes (``in_proj_weight`` ... ``norm2_bias``,
+  ``num_heads``, ``embed_dim``, ``norm1_eps``/``norm2_eps``, ``activation``, ``norm_first``) with
+  ``fuse``/``zeros``/``derive``; ``parse_call``/``format_output``; ``pads_every_output``,
+  ``reads_padded_positions``, branch dropouts and ``drop_path``.
+- 1.1: adapters may *declare* a layer by its parts. ``use_linears(...)`` and ``use_norms(...)`` take
+  the layer's own modules, so a PEFT adapter layer or a quantized Linear in a linear's place is
+  called rather than read (an adapter that reads such a module's ``.weight`` is refused by name);
+  ``head_dim``, ``num_kv_heads`` (grouped-query attention), ``score_scale``, ``rotary``
+  (``"half"``/``"interleaved"``, with ``LayerCall.rotary`` cos/sin), ``LayerCall.score_bias``
+  (relative position bias), ``attention_window`` (local attention), ``gated_half`` (GLU
+  feed-forwards), ``norm1_kind``/``norm2_kind`` (LayerNorm with or without bias, RMSNorm, none); a
+  bias or norm weight may be declared absent (``None``) instead of zeros. Plugins built for 1.0 load
+  and convert unchanged.
 """
 
 from __future__ import annotations
@@ -29,7 +45,7 @@ __all__ = ["PLUGIN_API_VERSION", "PROJECT_NAME", "hookimpl", "hookspec"]
 #: The pluggy project name; also the entry-point group is ``f"{PROJECT_NAME}.plugins"``.
 PROJECT_NAME = "bt_core"
 #: The plugin API this bt-core implements (``MAJOR.MINOR``).
-PLUGIN_API_VERSION = "1.0"
+PLUGIN_API_VERSION = "1.1"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 #: The marker plugins put on their hook implementations.

@@ -54,7 +54,7 @@ REFUSED: dict[str, str] = {
 
 @hookimpl
 def bt_plugin_api_version() -> str:
-    return "1.0"
+    return "1.1"
 
 
 @hookimpl

@@ -186,7 +186,7 @@ def vilt_inputs(config: Any, batch: int) -> dict[str, Any]:
 
 @hookimpl
 def bt_plugin_api_version() -> str:
-    return "1.0"
+    return "1.1"
 
 
 @hookimpl
