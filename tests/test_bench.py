@@ -161,3 +161,14 @@ def test_flops_count_only_real_tokens() -> None:
     half = bench.encoder_flops(config, [4, 4])
     assert half < full / 2  # attention is quadratic
     assert full == 2 * (2.0 * 16 * (4 * 32 * 32 + 2 * 32 * 64) + 4.0 * 32 * 128)
+
+
+def test_compile_times_compiled_original_against_compiled_converted(tiny: Path) -> None:
+    result = bench.run_bench(
+        str(tiny), batch=3, length=16, padding=[0.5], runs=1, warmup=1, threads=1, eager=False, compile_backend="eager"
+    )
+    assert result["settings"]["compile"] == "eager"
+    assert result["settings"]["command"].endswith("--compile eager")
+    (row,) = result["rows"]
+    assert row["strategies"] == ["packed"], "converted layers run eagerly inside the compiled model"
+    assert "compiled with backend 'eager'" in bench.format_table(result)
