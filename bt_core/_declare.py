@@ -34,7 +34,7 @@ class DeclaringLayer(RestorableLayer):
             kinds = [linear_kind(m) for m in modules]
             for module, kind in zip(modules, kinds, strict=True):
                 if kind is None:
-                    raise refuse_unknown_linear(module, f"{self.bt_layer_name}.{paths.get(id(module), role)}")
+                    raise refuse_unknown_linear(module, f"{self._bt_path}.{paths.get(id(module), role)}")
             if any(kind is not LinearKind.PLAIN for kind in kinds):
                 self.wrapped[role] = nn.ModuleList(modules)
                 self._bt_calls[role] = modules
@@ -60,7 +60,7 @@ class DeclaringLayer(RestorableLayer):
         for which, module in norms.items():
             if which not in ("norm1", "norm2"):
                 raise LayerValidationError(f"use_norms: unknown norm {which!r}; declare norm1 and norm2.")
-            spec = read_norm(module, f"{self.bt_layer_name} {which}")
+            spec = read_norm(module, f"{self._bt_path} {which}")
             setattr(self, f"{which}_kind", spec.kind)
             setattr(self, f"{which}_eps", spec.eps)
             self._declare(f"{which}_weight", spec.weight)

@@ -113,7 +113,7 @@ def _check_no_hidden_wrapper(layer: BetterTransformerBaseLayer) -> None:
         if any(id(m) in declared for m in _ancestors(layer._bt_original_layer, path)):
             continue
         raise UnsupportedModelError(
-            f"{layer.bt_layer_name}.{path} is a {type(module).__module__}.{type(module).__qualname__}, which "
+            f"{layer._bt_path}.{path} is a {type(module).__module__}.{type(module).__qualname__}, which "
             f"{type(layer).__name__} reads as a plain linear (its adapter does not declare it with use_linears), "
             "so its extra computation would be dropped. Merge the wrapper first (for PEFT: "
             "model.merge_and_unload()), or upgrade the plugin to one that declares its linears."

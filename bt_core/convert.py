@@ -149,7 +149,7 @@ def _build(
     adapter = registered.mapping.load_adapter()
     description = f"{qualified_name} ({type(layer).__name__})"
     try:
-        with building(description):
+        with building(qualified_name, description):
             replacement = adapter(layer, owner.config)
     except BetterTransformerError:
         raise

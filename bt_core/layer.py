@@ -44,13 +44,14 @@ from .errors import UnsupportedModelError
 __all__ = ["FUSED_PARAMETERS", "BetterTransformerBaseLayer", "LayerCall", "find_submodule"]
 
 _warned: set[tuple[str, str]] = set()
-_building: ContextVar[str | None] = ContextVar("bt_building", default=None)
+_building: ContextVar[tuple[str, str] | None] = ContextVar("bt_building", default=None)
 
 
 @contextlib.contextmanager
-def building(description: str) -> Iterator[None]:
-    """Name the layer an adapter is being built for, so declarations can name it in their errors."""
-    token = _building.set(description)
+def building(path: str, description: str) -> Iterator[None]:
+    """Name the layer an adapter is being built for (its path in the model, and a description with its
+    class), so declarations can name it in their errors."""
+    token = _building.set((path, description))
     try:
         yield
     finally:
@@ -150,7 +151,8 @@ class BetterTransformerBaseLayer(DeclaringLayer):
         #: Position in the encoder's layer list; set by the conversion.
         self.is_first_layer = True
         self.is_last_layer = True
-        self.bt_layer_name = _building.get() or type(layer).__name__
+        path, self.bt_layer_name = _building.get() or (type(layer).__name__, type(layer).__name__)
+        self.__dict__["_bt_path"] = path  # where the layer sits in the model, for messages
         self.attention_probe = AttentionProbe()
         #: Wrapped modules in a linear's place, called by the strategies (registered, so trainable).
         self.wrapped = nn.ModuleDict()
