@@ -4,7 +4,8 @@ Every strategy is exact against the original layer; :mod:`bt_core._strategy` cho
 Tracers and exporters (``torch.jit.trace``, the ONNX exporters, ``torch.export``) get ``dense`` (or
 ``reference`` under autograd) with the mask read by ops alone, so the program they record is right
 for any padding layout. ``torch.compile`` runs the layers eagerly (a graph break around each), so
-the packed strategy still skips padding; each layer then packs and unpacks its own tokens.
+the packed strategy still skips padding; :class:`PackedTokens` pass between them through the
+compiled code as they do eagerly.
 """
 
 from __future__ import annotations
@@ -54,11 +55,11 @@ def run_layer(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tenso
     if _tracing():
         return _traceable(layer, call)
     if torch.compiler.is_compiling():
-        return _eager(layer, call, standalone=True)
-    return _run(layer, call, standalone=False)
+        return _eager(layer, call)
+    return _run(layer, call)
 
 
-def _run(layer: BetterTransformerBaseLayer, call: LayerCall, *, standalone: bool) -> tuple[Tensor, Tensor | None]:
+def _run(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tensor, Tensor | None]:
     hidden_states = call.hidden_states
     packed_input = isinstance(hidden_states, PackedTokens)
     if hidden_states.is_nested or packed_input:
@@ -67,7 +68,7 @@ def _run(layer: BetterTransformerBaseLayer, call: LayerCall, *, standalone: bool
         layout = read_mask(call.attention_mask, hidden_states.shape[0], hidden_states.shape[1])
     strategy = choose_strategy(layer, call, layout, packed_input=packed_input)
     record(strategy)
-    last = standalone or layer.is_last_layer
+    last = layer.is_last_layer
     if strategy is Strategy.PACKED:
         return packed(layer, call, layout, last=last), None
     if strategy is Strategy.FUSED:
