@@ -113,9 +113,11 @@ def norm(layer: BetterTransformerBaseLayer, which: str, x: Tensor) -> Tensor:
     eps = float(getattr(layer, f"{which}_eps"))
     if kind == "layer":
         return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-    # RMSNorm as T5 and the llama family compute it: float32 statistics, scaled in the input's dtype.
-    variance = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
-    return weight * (x * torch.rsqrt(variance + eps)).to(x.dtype)
+    # RMSNorm as the llama family ("rms") and T5 ("t5_rms") compute it: float32 statistics; llama also
+    # scales the input in float32, T5 in the input's own precision (the same except for float64).
+    upcast = x.to(torch.float32)
+    variance = upcast.pow(2).mean(-1, keepdim=True)
+    return weight * ((upcast if kind == "rms" else x) * torch.rsqrt(variance + eps)).to(x.dtype)
 
 
 def layer_math(

@@ -62,7 +62,9 @@ def is_wrapper(module: nn.Module) -> bool:
 
 @dataclass(frozen=True)
 class NormSpec:
-    """One norm of a layer: ``kind`` is ``"layer"`` (LayerNorm), ``"rms"`` (RMSNorm) or ``"none"`` (identity)."""
+    """One norm of a layer: ``kind`` is ``"layer"`` (LayerNorm), ``"rms"`` (the llama family's RMSNorm: the
+    input cast to float32, scaled, cast back), ``"t5_rms"`` (T5's: float32 statistics, the input scaled in
+    its own precision; the two differ only for float64 inputs) or ``"none"`` (identity)."""
 
     kind: str
     weight: Tensor | None = None
@@ -90,7 +92,7 @@ def read_norm(module: nn.Module, path: str) -> NormSpec:
             raise UnsupportedModelError(f"{path}: {name} has no epsilon bt can read; keep this model unconverted.")
         if getattr(module, "bias", None) is not None:
             raise UnsupportedModelError(f"{path}: {name} has a bias, which an RMSNorm does not; cannot convert.")
-        return NormSpec("rms", weight, None, float(eps))
+        return NormSpec("t5_rms" if name == "T5LayerNorm" else "rms", weight, None, float(eps))
     raise UnsupportedModelError(
         f"{path} is a {_class_name(module)}; bt computes nn.LayerNorm (with or without bias), RMSNorm and "
         "identity norms. Keep this model unconverted, or report the norm class to the plugin's authors."

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 _GATED_HALVES = (None, "first", "second")
 _ROTARY = (None, "half", "interleaved")
-_NORM_KINDS = ("layer", "rms", "none")
+_NORM_KINDS = ("layer", "rms", "t5_rms", "none")
 
 
 def validate(layer: BetterTransformerBaseLayer) -> None:

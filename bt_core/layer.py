@@ -136,7 +136,8 @@ class BetterTransformerBaseLayer(DeclaringLayer):
         #: Gated feed-forward: which half of ``linear1``'s output goes through the activation
         #: (``"first"`` or ``"second"``); the other half multiplies it. None: ``linear2(act(linear1(x)))``.
         self.gated_half: str | None = None
-        #: ``"layer"`` (LayerNorm), ``"rms"`` (RMSNorm, float32 statistics) or ``"none"`` (identity).
+        #: ``"layer"`` (LayerNorm), ``"rms"`` (llama-family RMSNorm, in float32), ``"t5_rms"`` (T5's: float32
+        #: statistics, input scaled in its own precision) or ``"none"`` (identity); set by ``use_norms``.
         self.norm1_kind: str = "layer"
         self.norm2_kind: str = "layer"
         #: Regularisation, applied by the reference path in training mode: dropout on the attention
