@@ -269,33 +269,13 @@ def test_a_raising_declaration_is_a_plugin_load_error() -> None:
 def test_a_plugin_built_for_api_1_0_loads_and_converts_without_a_warning(recwarn: pytest.WarningsRecorder) -> None:
     """1.1 added declarations; a 1.0 adapter (fused attributes assigned by hand) keeps working as it was."""
     import torch
+    from api_1_0_adapter import Api10BertAdapter, api_1_0_plugin
     from transformers import BertConfig, BertModel
 
-    from bt_core import BetterTransformer, BetterTransformerBaseLayer
+    from bt_core import BetterTransformer
 
-    class Fused10Adapter(BetterTransformerBaseLayer):
-        """A BERT adapter written against plugin API 1.0: weights read and fused by hand."""
-
-        def __init__(self, layer: torch.nn.Module, config: BertConfig) -> None:
-            super().__init__(layer, config)
-            attention, output = layer.attention, layer.output
-            q, k, v = attention.self.query, attention.self.key, attention.self.value
-            self.in_proj_weight = self.fuse(q.weight, k.weight, v.weight)
-            self.in_proj_bias = self.fuse(q.bias, k.bias, v.bias)
-            self.out_proj_weight, self.out_proj_bias = attention.output.dense.weight, attention.output.dense.bias
-            self.linear1_weight, self.linear1_bias = layer.intermediate.dense.weight, layer.intermediate.dense.bias
-            self.linear2_weight, self.linear2_bias = output.dense.weight, output.dense.bias
-            self.norm1_weight, self.norm1_bias = attention.output.LayerNorm.weight, attention.output.LayerNorm.bias
-            self.norm2_weight, self.norm2_bias = output.LayerNorm.weight, output.LayerNorm.bias
-            self.norm1_eps = self.norm2_eps = config.layer_norm_eps
-            self.num_heads, self.embed_dim = config.num_attention_heads, config.hidden_size
-            self.activation = config.hidden_act
-
-    module = types.ModuleType("api_1_0_plugin")
-    module.bt_plugin_api_version = hookimpl(lambda: "1.0")
-    module.bt_register_layers = hookimpl(lambda: [LayerMapping("bert", "BertLayer", Fused10Adapter)])
     registry = PluginRegistry(discover=False)
-    registry.register(module, "api10")
+    registry.register(api_1_0_plugin(), "api10")
     torch.manual_seed(0)
     config = BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, vocab_size=50)
     model = BertModel(config).eval()
@@ -305,6 +285,6 @@ def test_a_plugin_built_for_api_1_0_loads_and_converts_without_a_warning(recwarn
         expected = model(ids, attention_mask=mask).last_hidden_state
         converted = BetterTransformer.transform(model, keep_original_model=True, registry=registry)
         actual = converted(ids, attention_mask=mask).last_hidden_state
-    assert isinstance(converted.encoder.layer[0], Fused10Adapter)
+    assert isinstance(converted.encoder.layer[0], Api10BertAdapter)
     torch.testing.assert_close(actual * mask[..., None], expected * mask[..., None], atol=1e-5, rtol=0)
     assert not [w for w in recwarn.list if "bt" in str(w.message).lower() or "plugin" in str(w.message).lower()]
