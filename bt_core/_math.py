@@ -135,12 +135,14 @@ def layer_math(
     never on ``tokens``: one pass over memory instead of an allocation and two passes, about 3% of a
     BERT-base layer on CPU.
     """
-    inference = regularise is None
-    act = (_INPLACE_ACTIVATIONS.get(layer.activation) if inference else None) or activation_function(layer.activation)
+    # Under autocast a projection's output is in the low dtype and the residual is not: the original's
+    # out-of-place add promotes, an in-place one would not, so autocast keeps everything out of place.
+    in_place = regularise is None and not torch.is_autocast_enabled(tokens.device.type)
+    act = (_INPLACE_ACTIVATIONS.get(layer.activation) if in_place else None) or activation_function(layer.activation)
 
     def branch(output: Tensor, name: str, residual: Tensor) -> Tensor:
         if regularise is None:
-            return output.add_(residual)
+            return output.add_(residual) if in_place else output + residual
         return residual + regularise(output, name)
 
     def attention_block(x: Tensor, residual: Tensor) -> Tensor:

@@ -102,6 +102,8 @@ def why_not_fused(
         return blocker
     if call is not None and (call.score_bias is not None or call.rotary is not None):
         return "the call carries a score bias or rotary positions"
+    if torch.is_autocast_enabled(hidden_states.device.type):
+        return "autocast is enabled, and the kernel would not cast as autocast does"
     if hidden_states.dtype not in _KERNEL_DTYPES.get(hidden_states.device.type, set()):
         return f"the kernel has no {hidden_states.dtype} version on {hidden_states.device.type}"
     if not layout.is_key_padding:

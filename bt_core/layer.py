@@ -211,8 +211,6 @@ class BetterTransformerBaseLayer(DeclaringLayer):
             return "attentions or hidden states were requested"
         if call.head_mask is not None:
             return "a head mask was given"
-        if torch.is_autocast_enabled(call.hidden_states.device.type):
-            return "autocast is enabled"
         return None
 
     def warn_once(self, reason: str) -> None:

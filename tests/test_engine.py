@@ -370,3 +370,27 @@ def test_packed_survives_an_elementwise_op_between_layers(models) -> None:
     finally:
         hook.remove()
     torch.testing.assert_close(actual[keep], expected[keep], atol=1e-5, rtol=1e-4)
+
+
+def test_autocast_runs_packed_and_matches_the_original_under_the_same_autocast(models) -> None:
+    """Autocast casts the same ops in both models (projections to bfloat16, norms in float32); the
+    residual adds stay out of place so they promote as the original's do."""
+    original, converted = models
+    keep = keep_mask("right")
+    states = hidden()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = original.encoder(states, attention_mask=mask_form(keep, "4d-min")).last_hidden_state
+        with record_strategies(set()) as used:
+            actual = converted.encoder(states, attention_mask=keep.long()).last_hidden_state
+    with torch.inference_mode():
+        full_precision = original.encoder(states, attention_mask=mask_form(keep, "4d-min")).last_hidden_state
+    assert used == {"packed"}
+    assert actual.dtype == expected.dtype
+    autocast_error = (expected - full_precision)[keep].abs().max()
+    assert (actual - expected)[keep].abs().max() <= autocast_error, "within autocast's own rounding"
+
+
+def test_autocast_never_runs_the_fused_kernel(layer) -> None:
+    with torch.autocast("cpu", dtype=torch.bfloat16), force_strategy("fused"):
+        with pytest.raises(BetterTransformerError, match="autocast"):
+            choose(layer, "right")

@@ -76,10 +76,12 @@ def test_forward_checker_names_why_the_reference_path_runs(setup: dict, reason: 
         assert reason in (adapter.forward_checker(call) or "")
 
 
-def test_autocast_takes_the_reference_path() -> None:
+def test_autocast_inference_takes_a_fast_path_but_training_under_autocast_does_not() -> None:
     adapter = _adapter().eval()
     with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
-        assert "autocast" in adapter.forward_checker(LayerCall(torch.zeros(1, 2, 32)))
+        assert adapter.forward_checker(LayerCall(torch.zeros(1, 2, 32))) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert "training" in adapter.train().forward_checker(LayerCall(torch.zeros(1, 2, 32)))
 
 
 def test_the_reference_path_warns_once_naming_the_reason() -> None:
