@@ -145,7 +145,9 @@ def _reference(
             scores = scores + call.score_bias.to(scores.dtype)
         if keep is not None:
             scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        # At least float32 (half-precision scores lose the softmax); float64 stays float64, where a
+        # query whose keys are all masked (finfo.min) would otherwise become -inf and NaN.
+        probs = torch.softmax(scores, dim=-1, dtype=torch.promote_types(scores.dtype, torch.float32)).to(q.dtype)
         probs = F.dropout(probs, p=layer.attention_dropout, training=training)
         if call.head_mask is not None:
             probs = probs * call.head_mask
@@ -156,6 +158,8 @@ def _reference(
     def regularise(t: Tensor, branch: str) -> Tensor:
         if not training:
             return t
+        if branch == "feed_forward_inner":  # no stochastic depth inside a branch
+            return F.dropout(t, p=layer.feed_forward_inner_dropout, training=True)
         t = F.dropout(t, p=layer.branch_dropout(branch), training=True)
         if layer.drop_path > 0:  # stochastic depth: drop the whole branch for some samples
             keep_rate = 1.0 - layer.drop_path

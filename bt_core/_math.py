@@ -159,6 +159,8 @@ def layer_math(
             first, second = inner.chunk(2, dim=-1)
             gate, up = (first, second) if layer.gated_half == "first" else (second, first)
             inner = act(gate) * up
+        if regularise is not None:
+            inner = regularise(inner, "feed_forward_inner")
         return branch(linear(layer, "linear2", inner), "feed_forward", residual)  # type: ignore[arg-type]
 
     if layer.norm_first:

@@ -87,12 +87,12 @@ def read_norm(module: nn.Module, path: str) -> NormSpec:
     eps = getattr(module, "variance_epsilon", getattr(module, "eps", None))
     weight = getattr(module, "weight", None)
     # T5LayerNorm and the llama-style *RMSNorm classes: x * rsqrt(mean(x^2) + eps) in float32, times weight.
-    if (name.endswith("RMSNorm") or name == "T5LayerNorm") and isinstance(weight, Tensor):
+    if (name.endswith("RMSNorm") or name.endswith("T5LayerNorm")) and isinstance(weight, Tensor):
         if eps is None:
             raise UnsupportedModelError(f"{path}: {name} has no epsilon bt can read; keep this model unconverted.")
         if getattr(module, "bias", None) is not None:
             raise UnsupportedModelError(f"{path}: {name} has a bias, which an RMSNorm does not; cannot convert.")
-        return NormSpec("t5_rms" if name == "T5LayerNorm" else "rms", weight, None, float(eps))
+        return NormSpec("t5_rms" if name.endswith("T5LayerNorm") else "rms", weight, None, float(eps))
     raise UnsupportedModelError(
         f"{path} is a {_class_name(module)}; bt computes nn.LayerNorm (with or without bias), RMSNorm and "
         "identity norms. Keep this model unconverted, or report the norm class to the plugin's authors."

@@ -119,7 +119,7 @@ def _plan(root: nn.Module, registry: PluginRegistry) -> list[_Swap]:
         found = 0
         for module in owner.modules():
             registered = by_class.get(type(module).__name__)
-            if registered is None:
+            if registered is None or not registered.mapping.load_adapter().converts(module, owner.config):
                 continue
             found += 1
             if found == 1:

@@ -149,6 +149,8 @@ class BetterTransformerBaseLayer(DeclaringLayer):
         self.attention_output_dropout: float | None = None
         self.feed_forward_dropout: float | None = None
         self.drop_path: float = 0.0
+        #: Dropout inside the feed-forward, on the activated (gated) inner tensor before ``linear2`` (API 1.1).
+        self.feed_forward_inner_dropout: float = 0.0
         #: Position in the encoder's layer list; set by the conversion.
         self.is_first_layer = True
         self.is_last_layer = True
@@ -187,6 +189,15 @@ class BetterTransformerBaseLayer(DeclaringLayer):
         if not self.returns_tuple:
             return hidden_states
         return (hidden_states, attentions) if call.output_attentions else (hidden_states,)
+
+    @classmethod
+    def converts(cls, layer: nn.Module, config: Any) -> bool:
+        """Whether this adapter converts ``layer``; False leaves it as it is (plugin API 1.1).
+
+        For a layer class that also serves where bt cannot be exact, such as the decoder blocks of a
+        seq2seq model that share the encoder's class: those stay the model's own, the rest convert.
+        """
+        return True
 
     # -- the contract -----------------------------------------------------------------------------
 

@@ -272,3 +272,37 @@ def test_reverse_of_derived_parameters(monkeypatch: pytest.MonkeyPatch, with_inv
     BetterTransformer.reverse(model)
     torch.testing.assert_close(model.layers[1].o.bias, before["layers.1.o.bias"] + 1.0)
     assert torch.equal(model.layers[0].o.bias, before["layers.0.o.bias"])
+
+
+class _FirstLayerOnlyAdapter(ToyAdapter):
+    @classmethod
+    def converts(cls, layer: nn.Module, config: ToyConfig) -> bool:
+        return getattr(layer, "is_first_for_test", False)
+
+
+def test_an_adapter_may_leave_layers_of_its_class_unconverted_and_the_rest_still_matches() -> None:
+    """What a seq2seq pack needs: decoder blocks share the encoder's class and stay the model's own."""
+    from bt_core import LayerMapping, hookimpl
+
+    class Plugin:
+        @hookimpl
+        def bt_plugin_api_version(self) -> str:
+            return "1.1"
+
+        @hookimpl
+        def bt_register_layers(self) -> list[LayerMapping]:
+            return [LayerMapping("bt-toy", "ToyLayer", _FirstLayerOnlyAdapter)]
+
+    model = make_toy()
+    model.layers[0].is_first_for_test = True
+    ids, mask = padded_batch([7, 2, 5], 9)
+    with torch.inference_mode():
+        expected = model(ids, mask).last_hidden_state
+    registry = PluginRegistry(discover=False)
+    registry.register(Plugin(), "first-only")
+    converted = BetterTransformer.transform(model, keep_original_model=True, registry=registry)
+    assert isinstance(converted.layers[0], _FirstLayerOnlyAdapter)
+    assert not any(isinstance(layer, BetterTransformerBaseLayer) for layer in list(converted.layers)[1:])
+    with torch.inference_mode():
+        actual = converted(ids, mask).last_hidden_state
+    assert max_diff_on_tokens(actual, expected, mask) < 1e-5
