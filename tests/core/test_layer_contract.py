@@ -246,7 +246,6 @@ def test_a_model_reading_padded_positions_runs_dense_on_padded_batches(monkeypat
 def test_gradient_checkpointing_recomputes_converted_layers_with_the_same_gradients(
     monkeypatch: pytest.MonkeyPatch, use_reentrant: bool
 ) -> None:
-    import bt_core._engine as engine
 
     ids, mask = padded_batch([6, 3], 6)
     plain = BetterTransformer.transform(make_toy()).train()
@@ -257,7 +256,9 @@ def test_gradient_checkpointing_recomputes_converted_layers_with_the_same_gradie
     assert all(layer.gradient_checkpointing for layer in checkpointed.layers)
     calls = []
     real_run_layer = layer_module.run_layer
-    monkeypatch.setattr(layer_module, "run_layer", lambda layer, call: calls.append(layer) or real_run_layer(layer, call))
+    monkeypatch.setattr(
+        layer_module, "run_layer", lambda layer, call: calls.append(layer) or real_run_layer(layer, call)
+    )
     (checkpointed(ids, mask).last_hidden_state * mask[..., None]).sum().backward()
     assert len(calls) == 2 * len(checkpointed.layers), "each layer runs again in backward"
     for (name, expected), actual in zip(plain.named_parameters(), checkpointed.parameters(), strict=True):
