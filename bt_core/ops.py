@@ -33,6 +33,7 @@ from .registry import DISABLE_ENV, PluginInfo, PluginRegistry, default_registry
 
 if TYPE_CHECKING:
     from .mapping import LayerMapping
+    from .testing.compare import OutputDiff
 
 __all__ = [
     "EXIT_BROKEN_PLUGIN",
@@ -337,10 +338,12 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
         "check",
         help="convert a small model (or a local checkpoint) and compare it with the original",
         description=_wrap(
-            "Convert MODEL and run a right-padded batch through the original and the converted "
-            "model, printing the largest difference per output (on the real tokens). MODEL is a model type "
-            "(see `bt list`; a small random-weight model is built from the plugin's example config) or a "
-            "local checkpoint folder (with a config.json). Nothing is downloaded."
+            "Convert MODEL and run a right-padded and a left-padded batch through the original and the "
+            "converted model, printing the largest difference per output (on the real tokens, and at position "
+            "0 of the left-padded batch, which heads read). MODEL is a model type (see `bt list`; a small "
+            "random-weight model is built from the plugin's example config) or a local checkpoint folder (with "
+            "a config.json; the class its config.architectures names, such as BertForSequenceClassification, "
+            "is compared, task head included). Nothing is downloaded."
         ),
         epilog=EXIT_CODES_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -423,7 +426,7 @@ def _unsupported(model_type: str, registry: PluginRegistry) -> _Exit:
     )
 
 
-def _load_checkpoint(path: str, registry: PluginRegistry) -> tuple[Any, Any, LayerMapping | None]:
+def _load_checkpoint(path: str, registry: PluginRegistry) -> tuple[Any, Any, LayerMapping, str]:
     folder = os.path.expanduser(path)
     if not os.path.exists(folder):
         raise _Exit(
@@ -446,12 +449,36 @@ def _load_checkpoint(path: str, registry: PluginRegistry) -> tuple[Any, Any, Lay
     if not mappings:
         raise _unsupported(model_type, registry)
     mapping = mappings[0].mapping
-    model_class = mapping.load_example_model_class()
+    model_class, how = _checkpoint_class(config, mapping)
     try:
         model = model_class.from_pretrained(folder, config=config, local_files_only=True)
     except Exception as exc:
         raise _Exit(EXIT_NOT_FOUND, f"{path}: the weights cannot be loaded: {type(exc).__name__}: {exc}") from None
-    return model.float().eval(), config, mapping
+    return model.float().eval(), config, mapping, how
+
+
+def _checkpoint_class(config: Any, mapping: LayerMapping) -> tuple[Any, str]:
+    """The class to load a checkpoint with, and a line saying why.
+
+    The one ``config.architectures`` names (BertForSequenceClassification): its task head is what the
+    checkpoint is used through, and a head that reads a position the converted layers do not compute
+    (position 0 under left padding) shows only there. Else the mapping's example model class.
+    """
+    import transformers
+
+    base = mapping.load_example_model_class()
+    named = [name for name in getattr(config, "architectures", None) or [] if isinstance(name, str)]
+    for name in named:
+        head = getattr(transformers, name, None)
+        if isinstance(head, type):
+            return head, f"{name} (from config.architectures)"
+    base_name = getattr(base, "__name__", str(base))
+    if named:
+        return base, (
+            f"{base_name} (config.architectures names {', '.join(named)}, which transformers does not have: "
+            "custom code? Its task head is not compared)"
+        )
+    return base, f"{base_name} (config.architectures names no class)"
 
 
 def _random_model(model_type: str, registry: PluginRegistry, seed: int) -> tuple[Any, Any, LayerMapping, str]:
@@ -504,18 +531,20 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
     from .convert import BetterTransformer
     from .errors import BetterTransformerError, LayerValidationError, PluginLoadError, UnsupportedModelError
     from .layer import BetterTransformerBaseLayer
-    from .testing.examples import ExampleError, compare_outputs, example_inputs
+    from .testing.compare import compare_outputs, compare_with_position_zero
+    from .testing.examples import ExampleError, example_inputs, inputs_for, left_padded
 
     if _looks_like_path(args.model):
-        model, config, mapping = _load_checkpoint(args.model, registry)
+        model, config, mapping, loaded_as = _load_checkpoint(args.model, registry)
         described = f"checkpoint {args.model} ({type(model).__name__}, model type {config.model_type!r})"
     else:
         model, config, mapping, source = _random_model(args.model, registry, args.seed)
+        loaded_as = None
         described = (
             f"a random-weight {type(model).__name__} (model type {args.model!r}, from {source}, seed {args.seed})"
         )
     try:
-        inputs = example_inputs(mapping, config, args.batch_size, seed=args.seed)
+        inputs = inputs_for(model, example_inputs(mapping, config, args.batch_size, seed=args.seed))
     except ExampleError as exc:
         raise _Exit(EXIT_BROKEN_PLUGIN, str(exc)) from None
     try:
@@ -531,6 +560,8 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
     plugin = registry.mappings_for(config.model_type)
     shipped = _shipped_by(plugin[0].plugin) if plugin else "?"
     print(f"bt check: {described}")
+    if loaded_as is not None:
+        print(f"model class: {loaded_as}")
     print(
         f"converted {len(layers)} layer{'s' if len(layers) != 1 else ''} with {', '.join(providers)} "
         f"(plugin {plugin[0].plugin.name if plugin else '?'}, {shipped})"
@@ -542,30 +573,42 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
     else:
         print(f"inputs: {', '.join(sorted(k for k in inputs))}; batch {args.batch_size}")
     strategy = None if args.strategy == "auto" else args.strategy
-    try:
-        with torch.inference_mode():
-            torch.manual_seed(args.seed)
-            expected = model(**inputs)
-            torch.manual_seed(args.seed)
-            with force_strategy(strategy):
-                actual = converted(**inputs)
-    except BetterTransformerError as exc:
-        raise _Exit(EXIT_UNSUPPORTED, f"the converted model cannot run this batch: {exc}") from None
-    except Exception as exc:
-        raise _Exit(EXIT_BROKEN_PLUGIN, f"the converted model raised {type(exc).__name__}: {exc}") from None
-    diffs = compare_outputs(expected, actual, mask)
-    if not diffs:
-        raise _Exit(EXIT_BROKEN_PLUGIN, "the model returned no tensor output to compare")
-    width = max(len(d.name) for d in diffs)
-    print(f"\n{'OUTPUT':<{width}}  {'MAX ABS DIFF':>12}  COMPARED")
-    for diff in diffs:
-        value = "-" if diff.problem else f"{diff.max_abs_diff:.3g}"
-        status = "ok" if diff.within(args.atol) else "FAIL"
-        detail = diff.problem or diff.compared
-        print(f"{diff.name:<{width}}  {value:>12}  {detail}  {status}")
-    bad = [d for d in diffs if not d.within(args.atol)]
+    left = left_padded(inputs)
+    batches = [("right-padded batch" if left is not None else "batch", inputs, compare_outputs)]
+    if left is not None:  # heads read position 0, a pad token in a left-padded row: compare it too
+        batches.append(("left-padded batch", left, compare_with_position_zero))
+    bad = 0
+    for title, batch, compare in batches:
+        try:
+            with torch.inference_mode():
+                torch.manual_seed(args.seed)
+                expected = model(**batch)
+                torch.manual_seed(args.seed)
+                with force_strategy(strategy):
+                    actual = converted(**batch)
+        except BetterTransformerError as exc:
+            if strategy is not None and batch is left:  # a debugging choice: it need not take every layout
+                print(f"\n{title}: skipped, the forced strategy cannot run it: {exc}")
+                continue
+            raise _Exit(EXIT_UNSUPPORTED, f"the converted model cannot run the {title}: {exc}") from None
+        except Exception as exc:
+            raise _Exit(EXIT_BROKEN_PLUGIN, f"the converted model raised {type(exc).__name__}: {exc}") from None
+        bad += _print_diffs(title, compare(expected, actual, batch.get("attention_mask")), args.atol)
     if bad:
-        print(f"\nFAILED: {len(bad)} output{'s' if len(bad) != 1 else ''} beyond --atol {args.atol:g}.")
+        print(f"\nFAILED: {bad} output{'s' if bad != 1 else ''} beyond --atol {args.atol:g}.")
         return EXIT_MISMATCH
     print(f"\nOK: every output within --atol {args.atol:g}.")
     return EXIT_OK
+
+
+def _print_diffs(title: str, diffs: list[OutputDiff], atol: float) -> int:
+    """Print one batch's table of differences; returns how many are beyond ``atol``."""
+    if not diffs:
+        raise _Exit(EXIT_BROKEN_PLUGIN, "the model returned no tensor output to compare")
+    width = max(len(d.name) for d in diffs)
+    print(f"\n{title}:\n{'OUTPUT':<{width}}  {'MAX ABS DIFF':>12}  COMPARED")
+    for diff in diffs:
+        value = "-" if diff.problem else f"{diff.max_abs_diff:.3g}"
+        status = "ok" if diff.within(atol) else "FAIL"
+        print(f"{diff.name:<{width}}  {value:>12}  {diff.problem or diff.compared}  {status}")
+    return sum(1 for d in diffs if not d.within(atol))

@@ -228,12 +228,25 @@ def test_check_notes_a_conflict_on_the_checked_type(
 
 def test_check_a_model_type(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
     registry.register(TinyBert(), "tiny")
-    assert main(["check", "bert"]) == EXIT_OK
+    assert main(["check", "bert"]) == EXIT_OK, capsys.readouterr().out
     out = capsys.readouterr().out
     assert "converted 2 layers with BertLayerAdapter (plugin tiny" in out
     assert "token counts [8, 5, 2]" in out
     assert "last_hidden_state" in out and "valid tokens" in out
     assert "OK: every output within --atol 0.0001" in out
+
+
+def test_check_compares_a_right_and_a_left_padded_batch_and_position_zero(
+    registry: PluginRegistry, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Left padding puts a pad token at position 0, which BERT's pooler and CLS heads read."""
+    registry.register(TinyBert(), "tiny")
+    assert main(["check", "bert"]) == EXIT_OK, capsys.readouterr().out
+    out = capsys.readouterr().out
+    right, left = out.index("right-padded batch:"), out.index("left-padded batch:")
+    assert right < left
+    assert "pooler_output" in out[left:]
+    assert "last_hidden_state at position 0" in out[left:] and "position 0: padding here" in out[left:]
 
 
 @pytest.mark.parametrize("strategy", ["fused", "packed", "dense"])
@@ -252,26 +265,27 @@ def test_check_without_example_config_shrinks_the_default_config(
     assert "AutoConfig.for_model, shrunk" in capsys.readouterr().out
 
 
-class SwappedNorms:
+def swapped_norms() -> type:
     """An adapter with norm1 and norm2 swapped: ``bt check`` must fail it."""
+    from bt_plugins_encoders.adapters import BertLayerAdapter
 
-    def __new__(cls, layer: Any, config: Any) -> Any:
-        from bt_plugins_encoders.adapters import BertLayerAdapter
+    class SwappedNorms(BertLayerAdapter):
+        def __init__(self, layer: Any, config: Any) -> None:
+            super().__init__(layer, config)
+            self.norm1_weight, self.norm2_weight = self.norm2_weight, self.norm1_weight
 
-        adapter = BertLayerAdapter(layer, config)
-        adapter.norm1_weight, adapter.norm2_weight = adapter.norm2_weight, adapter.norm1_weight
-        return adapter
+    return SwappedNorms
 
 
 def test_check_fails_a_wrong_adapter(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
-    registry.register(TinyBert(adapter=SwappedNorms), "tiny")
+    registry.register(TinyBert(adapter=swapped_norms()), "tiny")
     assert main(["check", "bert"]) == EXIT_MISMATCH
     out = capsys.readouterr().out
     assert "FAIL" in out and "beyond --atol" in out
 
 
 def test_check_atol(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
-    registry.register(TinyBert(adapter=SwappedNorms), "tiny")
+    registry.register(TinyBert(adapter=swapped_norms()), "tiny")
     assert main(["check", "bert", "--atol", "1e9"]) == EXIT_OK
 
 
@@ -303,13 +317,19 @@ def test_check_a_type_whose_pack_is_broken(registry: PluginRegistry, capsys: pyt
     assert "bt-plugins-encoders, which is installed but failed to load" in err and "ImportError" in err
 
 
-class Raises:
-    def __init__(self, layer: Any, config: Any) -> None:
-        raise KeyError("attention")
+def raises_on_construction() -> type:
+    """An adapter whose constructor raises, as one reading a weight the layer lacks does."""
+    from bt_plugins_encoders.adapters import BertLayerAdapter
+
+    class Raises(BertLayerAdapter):
+        def __init__(self, layer: Any, config: Any) -> None:
+            raise KeyError("attention")
+
+    return Raises
 
 
 def test_check_an_adapter_that_raises(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
-    registry.register(TinyBert(adapter=Raises), "tiny")
+    registry.register(TinyBert(adapter=raises_on_construction()), "tiny")
     assert main(["check", "bert"]) == EXIT_BROKEN_PLUGIN
     assert "KeyError" in capsys.readouterr().err
 
@@ -336,6 +356,44 @@ def test_check_a_local_checkpoint(registry: PluginRegistry, tmp_path: Path, caps
     assert main(["check", str(tmp_path / "tiny-bert")]) == EXIT_OK
     out = capsys.readouterr().out
     assert "checkpoint" in out and "model type 'bert'" in out and "OK:" in out
+
+
+def test_check_a_checkpoint_compares_the_task_head_its_config_names(
+    registry: PluginRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+    from transformers import BertForSequenceClassification
+
+    registry.register(TinyBert(), "tiny")
+    torch.manual_seed(0)
+    BertForSequenceClassification(tiny_bert()).save_pretrained(tmp_path / "classifier")
+    saved = json.loads((tmp_path / "classifier" / "config.json").read_text())
+    assert saved["architectures"] == ["BertForSequenceClassification"]
+    assert main(["check", str(tmp_path / "classifier")]) == EXIT_OK, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model class: BertForSequenceClassification (from config.architectures)" in out
+    assert "(BertForSequenceClassification, model type 'bert')" in out
+    left = out.index("left-padded batch:")
+    assert "logits" in out[:left] and "logits" in out[left:]  # the head's output, on both batches
+
+
+def test_check_a_checkpoint_whose_architecture_transformers_lacks_compares_the_base_model(
+    registry: PluginRegistry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+    from transformers import BertModel
+
+    registry.register(TinyBert(), "tiny")
+    torch.manual_seed(0)
+    BertModel(tiny_bert()).save_pretrained(tmp_path / "custom")
+    config_file = tmp_path / "custom" / "config.json"
+    saved = json.loads(config_file.read_text())
+    saved["architectures"] = ["AcmeBertForRanking"]  # a class from custom code, not in transformers
+    config_file.write_text(json.dumps(saved))
+    assert main(["check", str(tmp_path / "custom")]) == EXIT_OK, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "names AcmeBertForRanking, which transformers does not have" in out
+    assert "Its task head is not compared" in out and "(BertModel, model type 'bert')" in out
 
 
 def test_check_a_checkpoint_with_broken_weights(

@@ -3,8 +3,8 @@ tests/vision, so each pack-alone nox session exercises it).
 
 A kit that cannot fail is worthless: this module breaks a correct BERT adapter in the ways
 adapters really go wrong (swapped norms, a forgotten bias, q and k swapped, weights changed in
-place, a wrong layer class) and checks that the kit's failure names the model type and the
-difference.
+place, a wrong layer norm epsilon, a wrong layer class, a wrong entry point) and checks that the
+kit's failure names the model type and the difference.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import torch
 from bt_plugins_encoders.adapters import BertLayerAdapter
-from transformers import BertConfig
+from transformers import BertConfig, BertModel
 
 from bt_core import LayerMapping, hookimpl
 from bt_core.registry import set_default_registry
@@ -68,18 +68,36 @@ class ChangesWeightsInPlace(BertLayerAdapter):
         super().__init__(layer, config)
 
 
+class WrongEpsilon(BertLayerAdapter):
+    """LayerNorm epsilon 1e-5 (PyTorch's default) where BERT uses 1e-12: ~1e-5 off, float32's own noise."""
+
+    def __init__(self, layer: Any, config: Any) -> None:
+        super().__init__(layer, config)
+        self.norm1_eps = self.norm2_eps = 1e-5
+
+
 class WrongActivation(BertLayerAdapter):
     def __init__(self, layer: Any, config: Any) -> None:
         super().__init__(layer, config)
         self.activation = "relu"
 
 
+class Float32OnlyBert(BertModel):
+    """An example model that refuses float64, as models with float32-only custom ops do."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.dtype == torch.float64:
+            raise RuntimeError("expected scalar type Float but found Double")
+        return super().forward(*args, **kwargs)
+
+
 class BertPlugin:
     """A plugin mapping tiny BERT to ``adapter``, optionally under a wrong layer class name."""
 
-    def __init__(self, adapter: type, layer_class_name: str = "BertLayer") -> None:
+    def __init__(self, adapter: type, layer_class_name: str = "BertLayer", model_class: Any = None) -> None:
         self.adapter = adapter
         self.layer_class_name = layer_class_name
+        self.model_class = model_class
 
     @hookimpl
     def bt_plugin_api_version(self) -> str:
@@ -87,15 +105,22 @@ class BertPlugin:
 
     @hookimpl
     def bt_register_layers(self) -> list[LayerMapping]:
-        return [LayerMapping("bert", self.layer_class_name, self.adapter, example_config=tiny_bert)]
+        return [
+            LayerMapping(
+                "bert",
+                self.layer_class_name,
+                self.adapter,
+                example_config=tiny_bert,
+                example_model_class=self.model_class,
+            )
+        ]
 
 
-def run_check(adapter: type, check: str, layer_class_name: str = "BertLayer") -> None:
+def run_check(adapter: type, check: str, layer_class_name: str = "BertLayer", model_class: Any = None) -> None:
     """Run one kit check on a BERT plugin using ``adapter``, as pytest would."""
 
     class Kit(AdapterConformance):
-        plugin = BertPlugin(adapter, layer_class_name)
-        plugin_name = f"bert-{adapter.__name__}"
+        plugin = BertPlugin(adapter, layer_class_name, model_class)
 
     kit = Kit()
     (mapping,) = Kit._bt_mappings()
@@ -116,8 +141,11 @@ def run_check(adapter: type, check: str, layer_class_name: str = "BertLayer") ->
 INFERENCE_CHECKS = [
     "test_unpadded_batch_matches",
     "test_padded_batch_matches",
+    "test_left_padded_batch_matches",
     "test_fused_kernel_matches",
+    "test_classification_head_matches",
     "test_reference_path_matches_with_gradients",
+    "test_requested_hidden_states_match",
 ]
 
 
@@ -137,6 +165,24 @@ def test_kit_catches_a_wrong_adapter(adapter: type, check: str) -> None:
     assert adapter.__name__ in message  # names the adapter under test
 
 
+@pytest.mark.parametrize("check", ["test_unpadded_batch_matches", "test_padded_batch_matches"])
+def test_kit_catches_a_layer_norm_epsilon_of_1e_5_for_1e_12(check: str) -> None:
+    """~1e-5 off: within float32 noise, so the kit compares in float64 with a tolerance far below it."""
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_check(WrongEpsilon, check)
+    message = str(failure.value)
+    assert "in float64" in message and "max abs diff" in message and "WrongEpsilon" in message
+
+
+def test_a_model_that_cannot_run_in_float64_is_compared_in_float32_and_says_so() -> None:
+    run_check(BertLayerAdapter, "test_padded_batch_matches", model_class=Float32OnlyBert)
+    with pytest.raises(pytest.fail.Exception) as failure:
+        run_check(SwappedNorms, "test_padded_batch_matches", model_class=Float32OnlyBert)
+    message = str(failure.value)
+    assert "in float32 (the example model cannot run in float64 (RuntimeError: expected scalar type" in message
+    assert "atol=1e-05" in message
+
+
 def test_kit_catches_an_activation_the_layer_does_not_use() -> None:
     with pytest.raises(pytest.fail.Exception, match=r"max abs diff"):
         run_check(WrongActivation, "test_padded_batch_matches")
@@ -150,6 +196,48 @@ def test_kit_catches_weights_changed_in_place_on_reverse() -> None:
 def test_kit_catches_a_wrong_layer_class_name() -> None:
     with pytest.raises(pytest.fail.Exception, match=r"no module of class 'BertLayr'.*BertLayer"):
         run_check(BertLayerAdapter, "test_layer_class_is_in_the_example_model", layer_class_name="BertLayr")
+
+
+def test_a_type_without_a_classification_head_is_skipped_with_the_reason() -> None:
+    class Kit(AdapterConformance):
+        plugin = "bt_plugins_vision.plugin"
+        model_types = ("vit_mae",)
+
+    with pytest.raises(pytest.skip.Exception, match=r"'vit_mae': transformers has no sequence- or image-classific"):
+        Kit().test_classification_head_matches(Kit._bt_mappings()[0], Kit._bt_new_registry())
+
+
+# -- the entry point bt discovers -----------------------------------------------------------------
+
+
+def entry_point_check(plugin: Any, plugin_name: str | None) -> None:
+    class Kit(AdapterConformance):
+        pass
+
+    Kit.plugin, Kit.plugin_name = plugin, plugin_name
+    Kit().test_plugin_is_found_through_its_entry_point()
+
+
+def test_the_installed_entry_point_of_a_pack_passes() -> None:
+    entry_point_check("bt_plugins_encoders.plugin", "encoders")
+
+
+def test_without_plugin_name_the_entry_point_is_not_checked_and_the_skip_says_what_to_set() -> None:
+    with pytest.raises(pytest.skip.Exception, match=r'sets no plugin_name.*entry-points\."bt_core\.plugins"\]'):
+        entry_point_check(BertPlugin(BertLayerAdapter), None)
+
+
+def test_a_plugin_name_no_distribution_declares_fails() -> None:
+    with pytest.raises(pytest.fail.Exception) as failure:
+        entry_point_check(BertPlugin(BertLayerAdapter), "encoder")  # a typo for "encoders"
+    message = str(failure.value)
+    assert "no installed distribution declares an entry point named 'encoder' in group 'bt_core.plugins'" in message
+    assert "encoders" in message  # lists the names that are installed
+
+
+def test_an_entry_point_that_loads_another_object_fails() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"entry point 'encoders' = 'bt_plugins_encoders.plugin'.*loads"):
+        entry_point_check(BertPlugin(BertLayerAdapter), "encoders")
 
 
 # -- the kit as plugin authors use it: a subclass in their own test module --------------------------
@@ -203,8 +291,7 @@ def run_kit_on(pytester: pytest.Pytester, plugin_class: str) -> pytest.RunResult
             from bt_core.testing import AdapterConformance
 
             class TestPlugin(AdapterConformance):
-                plugin = kit_plugins.{plugin_class}()
-                plugin_name = "kit-{plugin_class.lower()}"
+                plugin = kit_plugins.{plugin_class}()  # in-process only: no plugin_name, no entry point
             """
         )
     )
@@ -214,14 +301,14 @@ def run_kit_on(pytester: pytest.Pytester, plugin_class: str) -> pytest.RunResult
 
 def test_a_subclass_is_collected_once_per_mapping(pytester: pytest.Pytester) -> None:
     result = run_kit_on(pytester, "Good")
-    result.assert_outcomes(passed=10)
+    result.assert_outcomes(passed=12, skipped=1)  # the entry-point check skips: no plugin_name
     result.stdout.fnmatch_lines(["*test_padded_batch_matches?bert?*"])
 
 
 def test_a_mapping_without_example_config_fails_loudly(pytester: pytest.Pytester) -> None:
     result = run_kit_on(pytester, "NoExample")
     outcomes = result.parseoutcomes()
-    assert outcomes.get("failed", 0) >= 8 and not outcomes.get("skipped")
+    assert outcomes.get("failed", 0) >= 10 and outcomes.get("skipped") == 1  # only the entry-point check
     result.stdout.fnmatch_lines(["*has no example_config*Add `example_config=`*"])
 
 
@@ -283,7 +370,7 @@ def test_inputs_that_cannot_be_guessed_ask_for_example_inputs() -> None:
 def test_compare_outputs_reads_well() -> None:
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from bt_core.testing.examples import compare_outputs
+    from bt_core.testing.compare import compare_outputs
 
     mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
     hidden = torch.zeros(2, 3, 4)
@@ -302,3 +389,35 @@ def test_compare_outputs_reads_well() -> None:
     nan[0, 0, 0] = float("nan")
     (with_nan,) = compare_outputs(hidden, nan, mask)
     assert not with_nan.within(1.0) and "NaN at index (0, 0, 0)" in with_nan.describe()
+
+
+def test_position_zero_is_compared_where_left_padding_puts_a_pad_token() -> None:
+    """Heads read position 0; in a left-padded row it is padding the original computes, so it counts."""
+    from bt_core.testing.compare import compare_with_position_zero
+
+    mask = torch.tensor([[1, 1, 1], [0, 1, 1]])
+    expected = torch.zeros(2, 3, 4)
+    expected[1, 0] = 1.0  # the original's hidden state at the pad token in position 0
+    zeroed = torch.zeros(2, 3, 4)  # a converted model that writes zeros at padding
+    diffs = {d.name: d for d in compare_with_position_zero(expected, zeroed, mask)}
+    assert diffs["output"].within(0.0) and diffs["output"].compared == "valid tokens"
+    assert diffs["output at position 0"].max_abs_diff == 1.0
+    assert diffs["output at position 0"].compared.startswith("position 0: padding here")
+
+
+def test_left_padded_moves_padding_and_every_per_token_input_together() -> None:
+    from bt_core.testing.examples import left_padded
+
+    inputs = {
+        "input_ids": torch.tensor([[5, 6, 7], [8, 9, 0]]),
+        "attention_mask": torch.tensor([[1, 1, 1], [1, 1, 0]]),
+        "bbox": torch.arange(24).reshape(2, 3, 4),
+        "pixel_values": torch.ones(2, 5),
+    }
+    moved = left_padded(inputs)
+    assert moved is not None
+    assert moved["input_ids"].tolist() == [[5, 6, 7], [0, 8, 9]]
+    assert moved["attention_mask"].tolist() == [[1, 1, 1], [0, 1, 1]]
+    assert torch.equal(moved["bbox"][1], inputs["bbox"][1][[2, 0, 1]])
+    assert moved["pixel_values"] is inputs["pixel_values"]
+    assert left_padded({**inputs, "attention_mask": torch.ones(2, 3)}) is None  # nothing to move

@@ -12,8 +12,9 @@ In a plugin's test suite::
 
 pytest collects the subclass and runs every check once per :class:`bt_core.LayerMapping` the plugin
 registers (see :class:`AdapterConformance` for the list). The kit needs pytest; importing
-``bt_core.testing`` itself stays cheap, and the pytest-free helpers that build example models and
-compare outputs live in :mod:`bt_core.testing.examples` (``bt check`` uses them).
+``bt_core.testing`` itself stays cheap, and the pytest-free helpers live in
+:mod:`bt_core.testing.examples` (example models and inputs) and :mod:`bt_core.testing.compare`
+(comparing outputs); ``bt check`` uses them.
 """
 
 from __future__ import annotations
@@ -23,11 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._kit import AdapterConformance
+    from .compare import OutputDiff, compare_outputs
     from .examples import (
         ExampleError,
-        OutputDiff,
         build_example_model,
-        compare_outputs,
         default_inputs,
         example_inputs,
         new_example_config,
@@ -46,10 +46,16 @@ __all__ = [
     "zero_dropout",
 ]
 
-_LAZY = {"AdapterConformance": "._kit", **{name: ".examples" for name in __all__ if name != "AdapterConformance"}}
+_LAZY = {
+    "AdapterConformance": "._kit",
+    "OutputDiff": ".compare",
+    "compare_outputs": ".compare",
+    **{name: ".examples" for name in __all__ if name not in ("AdapterConformance", "OutputDiff", "compare_outputs")},
+}
 
 
 def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (the kit imports pytest and torch)."""
     if name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value

@@ -1,13 +1,13 @@
-"""Small random models, their inputs, and output comparison: the parts of the kit that need no pytest.
+"""Small random models and their inputs: the parts of the kit that build things and need no pytest.
 
-Used by :class:`bt_core.testing.AdapterConformance` and by ``bt check``.
+Used by :class:`bt_core.testing.AdapterConformance` and by ``bt check``; comparing outputs is in
+:mod:`bt_core.testing.compare`.
 """
 
 from __future__ import annotations
 
-import math
+import inspect
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,15 +18,15 @@ from ..mapping import LayerMapping
 __all__ = [
     "DROPOUT_MARKERS",
     "ExampleError",
-    "OutputDiff",
     "build_example_model",
-    "compare_outputs",
     "default_inputs",
     "example_inputs",
-    "flatten_outputs",
-    "format_diffs",
+    "head_model_class",
+    "inputs_for",
+    "left_padded",
     "new_example_config",
     "perturb_parameters",
+    "to_float64",
     "zero_dropout",
 ]
 
@@ -103,15 +103,20 @@ def perturb_parameters(model: nn.Module, scale: float, seed: int) -> None:
 
 
 def build_example_model(
-    mapping: LayerMapping, config: Any = None, *, seed: int = 0, perturb: float = 0.05
+    mapping: LayerMapping, config: Any = None, *, seed: int = 0, perturb: float = 0.05, model_class: Any = None
 ) -> tuple[nn.Module, Any]:
-    """``(model, config)``: the mapping's example model in float32 and eval mode, seeded and perturbed."""
+    """``(model, config)``: the mapping's example model in float32 and eval mode, seeded and perturbed.
+
+    ``model_class`` (default: the mapping's ``example_model_class``) builds another model of the same
+    config, such as a task-head model (:func:`head_model_class`).
+    """
     if config is None:
         config = new_example_config(mapping)
-    try:
-        model_class = mapping.load_example_model_class()
-    except Exception as exc:
-        raise ExampleError(f"model type {mapping.model_type!r}: {_short(exc, 400)}") from None
+    if model_class is None:
+        try:
+            model_class = mapping.load_example_model_class()
+        except Exception as exc:
+            raise ExampleError(f"model type {mapping.model_type!r}: {_short(exc, 400)}") from None
     torch.manual_seed(seed)
     try:
         build = getattr(model_class, "from_config", None)
@@ -199,114 +204,60 @@ def example_inputs(mapping: LayerMapping | None, config: Any, batch_size: int = 
         raise ExampleError(f"{where}{exc}") from None
 
 
-# -- comparing outputs ----------------------------------------------------------------------------
+# -- variants of a batch and of a model ------------------------------------------------------------
 
 
-def flatten_outputs(output: Any, prefix: str = "") -> list[tuple[str, Any]]:
-    """``[(name, leaf)]`` for a model output: ModelOutput/dict fields, tuple items, tensors."""
-    if isinstance(output, Tensor):
-        return [(prefix or "output", output)]
-    if isinstance(output, dict):  # ModelOutput is an OrderedDict of its non-None fields
-        items: list[tuple[str, Any]] = []
-        for key, value in output.items():
-            items.extend(flatten_outputs(value, f"{prefix}.{key}" if prefix else str(key)))
-        return items
-    if isinstance(output, (tuple, list)):
-        items = []
-        for index, value in enumerate(output):
-            items.extend(flatten_outputs(value, f"{prefix}[{index}]" if prefix else f"output[{index}]"))
-        return items
-    return []
+def left_padded(inputs: dict[str, Any]) -> dict[str, Any] | None:
+    """The same batch with each row's padding moved to the left, or None when nothing is padded.
 
-
-@dataclass(frozen=True)
-class OutputDiff:
-    """How one output of the converted model compares with the original's."""
-
-    name: str
-    max_abs_diff: float
-    compared: str  # "valid tokens", "all", or why nothing could be compared
-    index: tuple[int, ...] | None = None
-    problem: str | None = None  # shape/dtype/missing mismatch: never within tolerance
-
-    def within(self, atol: float) -> bool:
-        return self.problem is None and self.max_abs_diff <= atol
-
-    def describe(self) -> str:
-        if self.problem is not None:
-            return f"{self.name}: {self.problem}"
-        where = f" at index {self.index}" if self.index is not None and self.max_abs_diff > 0 else ""
-        return f"{self.name}: max abs diff {self.max_abs_diff:.3g} ({self.compared}){where}"
-
-
-def compare_outputs(expected: Any, actual: Any, attention_mask: Tensor | None = None) -> list[OutputDiff]:
-    """Compare every tensor output; ``(batch, seq_len, ...)`` outputs only on the positions the mask keeps."""
-    expected_items = dict(flatten_outputs(expected))
-    actual_items = dict(flatten_outputs(actual))
-    keep = attention_mask.bool() if isinstance(attention_mask, Tensor) and attention_mask.dim() == 2 else None
-    diffs = []
-    for name, want in expected_items.items():
-        if not isinstance(want, Tensor):
-            continue
-        got = actual_items.get(name)
-        if not isinstance(got, Tensor):
-            diffs.append(OutputDiff(name, math.inf, "missing", problem="missing from the converted model's output"))
-            continue
-        if got.is_nested:
-            diffs.append(
-                OutputDiff(name, math.inf, "nested", problem="is a nested tensor (the last layer did not un-nest it)")
-            )
-            continue
-        if tuple(got.shape) != tuple(want.shape):
-            diffs.append(
-                OutputDiff(
-                    name, math.inf, "shape", problem=f"has shape {tuple(got.shape)}, the original {tuple(want.shape)}"
-                )
-            )
-            continue
-        if not want.is_floating_point():
-            same = torch.equal(got, want)
-            diffs.append(OutputDiff(name, 0.0 if same else math.inf, "all", problem=None if same else "differs"))
-            continue
-        diff = (got.detach().double() - want.detach().double()).abs()
-        compared = "all"
-        token_keep = _token_keep(keep, want)
-        if token_keep is not None:
-            mask = token_keep.to(diff.device).reshape(*token_keep.shape, *([1] * (want.dim() - 2)))
-            diff = torch.where(mask, diff, torch.zeros((), dtype=diff.dtype, device=diff.device))
-            compared = "valid tokens"
-        if diff.numel() == 0:
-            diffs.append(OutputDiff(name, 0.0, compared))
-            continue
-        nan_mismatch = torch.isnan(diff)
-        if bool(nan_mismatch.any()):
-            flat = int(nan_mismatch.reshape(-1).nonzero()[0])
-            index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
-            diffs.append(OutputDiff(name, math.nan, compared, index, problem=f"has NaN at index {index}"))
-            continue
-        flat = int(diff.reshape(-1).argmax())
-        index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat), diff.shape))
-        diffs.append(OutputDiff(name, float(diff.reshape(-1)[flat]), compared, index))
-    return diffs
-
-
-def _token_keep(keep: Tensor | None, output: Tensor) -> Tensor | None:
-    """The positions of ``output`` to compare: the mask's valid tokens for a ``(batch, seq_len, ...)`` output;
-    for an output longer than the mask (text tokens followed by image patches, as in ViLT) also every
-    position past the mask (3-D and larger outputs only). None when the output is not per token."""
-    if keep is None or output.dim() < 2 or output.shape[0] != keep.shape[0] or output.shape[1] < keep.shape[1]:
+    Every input shaped like the 2-D ``attention_mask`` in its first two dimensions (token ids, token
+    types, boxes, embeddings) is reordered with it: pad positions first, then the row's real tokens in
+    their order. Left padding is what decoder-style tokenizers and some pipelines produce.
+    """
+    mask = inputs.get("attention_mask")
+    if not isinstance(mask, Tensor) or mask.dim() != 2 or bool(mask.bool().all()):
         return None
-    extra = output.shape[1] - keep.shape[1]
-    if extra == 0:
-        return keep
-    if output.dim() == 2:  # (batch, features), e.g. a pooled output: not per token
-        return None
-    return torch.cat([keep, keep.new_ones(keep.shape[0], extra)], dim=1)
+    order = torch.argsort(mask.bool().to(torch.int8), dim=1, stable=True)  # 0s (padding) first, order kept
+    moved = {}
+    for key, value in inputs.items():
+        if isinstance(value, Tensor) and value.dim() >= 2 and tuple(value.shape[:2]) == tuple(mask.shape):
+            index = order.to(value.device).reshape(*order.shape, *([1] * (value.dim() - 2))).expand_as(value)
+            value = torch.gather(value, 1, index)
+        moved[key] = value
+    return moved
 
 
-def format_diffs(diffs: list[OutputDiff], atol: float) -> str:
-    lines = []
-    for diff in diffs:
-        mark = "ok  " if diff.within(atol) else "FAIL"
-        lines.append(f"  {mark} {diff.describe()}")
-    return "\n".join(lines)
+def to_float64(inputs: dict[str, Any]) -> dict[str, Any]:
+    """``inputs`` with every floating-point tensor (pixels, features, embeddings) in float64."""
+    return {
+        key: value.double() if isinstance(value, Tensor) and value.is_floating_point() else value
+        for key, value in inputs.items()
+    }
+
+
+def head_model_class(config: Any) -> type | None:
+    """The transformers sequence-classification model class for ``config`` (text), else its
+    image-classification one (vision), else None: a task head to check over converted layers."""
+    from transformers.models.auto import modeling_auto
+
+    for table in (
+        modeling_auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING,
+        modeling_auto.MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING,
+    ):
+        if type(config) in table:
+            found = table[type(config)]
+            # A config with several heads maps to a tuple (DeiT: with and without a teacher): the first is plain.
+            return found[0] if isinstance(found, tuple) else found
+    return None
+
+
+def inputs_for(model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
+    """The inputs ``model.forward`` names as parameters: a head model of a multimodal config (an image
+    classifier over CLIP) takes only its own tower's inputs."""
+    named = {
+        name
+        for name, parameter in inspect.signature(model.forward).parameters.items()
+        if parameter.kind not in (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    }
+    kept = {key: value for key, value in inputs.items() if key in named}
+    return kept if kept else inputs  # a forward(**kwargs) names nothing: pass everything, as before
