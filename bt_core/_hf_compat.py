@@ -55,12 +55,13 @@ def install_output_capture(owner: nn.Module, original_class: type, layer: Any) -
                     index=index,
                     class_name=spec if isinstance(spec, str) else None,
                 )
-            if spec.layer_name is not None:
-                continue
             target = spec.target_class
-            if key == "hidden_states" and target is not None and issubclass(original_class, target):
+            if target is None:
+                continue
+            if key == "hidden_states" and spec.layer_name is None and issubclass(original_class, target):
                 captures.append(("layer", key, spec.index, spec.capture_initial_hidden_state))
-            elif key == "attentions" and target is not None and _contains(layer.original_layer, target):
+            elif key == "attentions" and _contains(layer.original_layer, target, spec.layer_name):
+                # ESM names the self-attention (layer_name="attention") to tell it from cross-attention.
                 captures.append(("attention_probe", key, 1, True))
     layer.__dict__["_bt_output_captures"] = captures
     reinstall_output_capture(layer)
@@ -85,5 +86,10 @@ def without_capture_hooks(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _contains(module: nn.Module, target: type) -> bool:
-    return any(isinstance(m, target) for m in module.modules())
+def _contains(module: nn.Module, target: type, layer_name: str | None = None) -> bool:
+    """Whether ``module`` holds a ``target``; with ``layer_name``, at a path naming it as transformers
+    matches it (``".attention."`` in the module's dotted path; the layer's own path precedes ours)."""
+    wanted = None if layer_name is None else "." + layer_name.strip(".") + "."
+    return any(
+        isinstance(m, target) and (wanted is None or wanted in f".{path}.") for path, m in module.named_modules()
+    )
