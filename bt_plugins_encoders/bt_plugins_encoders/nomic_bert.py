@@ -1,0 +1,94 @@
+"""The adapter of ``NomicBertLayer`` (nomic-embed-text): rotary positions, SwiGLU feed-forward, post-norm.
+
+The layer is BERT's post-norm layout (attention, dropout, residual, LayerNorm; feed-forward, dropout,
+residual, LayerNorm) with bias-free q/k/v/o projections, rotary positions (llama's ``rotate_half``) on
+q and k from the cos/sin the model computes once and passes every layer as ``position_embeddings``,
+and a gated feed-forward ``down(act(gate(x)) * up(x))``. Module names are the same in transformers
+5.10.2 and 5.24.0 (the original checkpoints' fused ``Wqkv`` is split into ``q_proj``/``k_proj``/
+``v_proj`` when transformers loads them).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
+from bt_core.layer import LayerCall, find_submodule
+
+__all__ = ["NomicBertLayerAdapter", "check_activation_module", "read_rotary"]
+
+_PLUGIN = "bt-plugins-encoders"
+
+
+def check_activation_module(layer: nn.Module, module: nn.Module, name: Any, field: str = "hidden_act") -> None:
+    """Refuse when the feed-forward's activation module is not the one ``config.<field>`` names: the
+    config was edited after the model was built, and declaring its activation would compute another."""
+    from transformers.activations import ACT2FN
+
+    if not isinstance(name, str):
+        raise UnsupportedModelError(
+            f"{type(layer).__name__}: config.{field} is {name!r}, not an activation name; bt needs the name "
+            f"(e.g. 'silu') to compute it exactly. Set config.{field} to the transformers name of the activation."
+        )
+    if name in ACT2FN and type(module) is not type(ACT2FN[name]):
+        raise UnsupportedModelError(
+            f"{type(layer).__name__}: config.{field}={name!r}, but the layer computes {type(module).__name__}; the "
+            "config no longer describes the model (edited after it was built?). Rebuild the model from the "
+            "config, or set the field back to the activation the layer uses."
+        )
+
+
+def read_rotary(layer: BetterTransformerBaseLayer, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The ``(cos, sin)`` the model's encoder passes every layer as ``position_embeddings``."""
+    rotary = kwargs.get("position_embeddings")
+    if rotary is None:
+        raise UnsupportedModelError(
+            f"{layer.bt_layer_name} was called without position_embeddings (the rotary cos/sin its model computes "
+            "once and passes to every layer); call the converted layer as the model's encoder does, with "
+            "position_embeddings=(cos, sin)."
+        )
+    cos, sin = rotary
+    return cos, sin
+
+
+class NomicBertLayerAdapter(BetterTransformerBaseLayer):
+    """``NomicBertLayer``: post-norm LayerNorms, rotary ("half") q/k, SwiGLU (gate half first), no biases."""
+
+    def __init__(self, layer: nn.Module, config: Any) -> None:
+        super().__init__(layer, config)
+
+        def get(path: str, what: str) -> nn.Module:
+            return find_submodule(layer, (path,), what, plugin=_PLUGIN)
+
+        attention = get("self_attn", "attention")
+        q, k, v = (get(f"self_attn.{x}_proj", what) for x, what in (("q", "query"), ("k", "key"), ("v", "value")))
+        self.use_linears(
+            in_proj=(q, k, v),
+            out_proj=get("self_attn.o_proj", "attention output"),
+            # act(gate(x)) * up(x): the gate's half of linear1 goes through the activation.
+            linear1=(get("mlp.gate_proj", "feed-forward gate"), get("mlp.up_proj", "feed-forward up")),
+            linear2=get("mlp.down_proj", "feed-forward output"),
+        )
+        self.use_norms(
+            norm1=get("post_attention_layernorm", "attention layer norm"),
+            norm2=get("post_mlp_layernorm", "feed-forward layer norm"),
+        )
+        self.gated_half = "first"
+        self.rotary = "half"
+        self.norm_first = False
+        self.num_heads = int(config.num_attention_heads)
+        self.embed_dim = int(config.hidden_size)
+        self.head_dim = int(attention.head_dim)
+        self.score_scale = float(attention.scaling)
+        self.activation = config.hidden_act
+        check_activation_module(layer, get("mlp.act_fn", "feed-forward activation"), self.activation)
+        self.attention_dropout = float(config.attention_probs_dropout_prob or 0.0)
+        # post_attention_dropout and post_mlp_dropout: both branches, before their residual add.
+        self.hidden_dropout = float(config.hidden_dropout_prob or 0.0)
+
+    def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+        call = super().parse_call(hidden_states, args, kwargs)
+        call.rotary = read_rotary(self, kwargs)
+        return call
