@@ -22,6 +22,8 @@ _SMALL: dict[str, Any] = {
     "max_position_embeddings": 64,
 }
 
+_T5_BUCKETS: dict[str, Any] = {"relative_attention_num_buckets": 8, "relative_attention_max_distance": 16}
+
 #: model_type -> keyword arguments on top of ``_SMALL`` (or instead of it, for DistilBERT's names).
 _OVERRIDES: dict[str, dict[str, Any]] = {
     "bert": {},
@@ -38,8 +40,34 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     },
     "electra": {"embedding_size": 16},
     "ernie": {},
+    # ESM-2: rotary positions, token dropout, ESM's 33-token vocabulary (<pad>=1, <mask>=32).
+    "esm": {
+        "vocab_size": 33,
+        "pad_token_id": 1,
+        "mask_token_id": 32,
+        "position_embedding_type": "rotary",
+        "token_dropout": True,
+        "emb_layer_norm_before": False,
+    },
+    "gte": {},  # absent from transformers 5.10.2, where the pack registers no gte mapping
     "layoutlm": {},
     "markuplm": {},
+    # Layer 0 global, layer 1 local: a window of 6 (local_attention 12), which 8- and 11-token batches
+    # cross; the default special token ids (50281-50283) are outside the small vocabulary.
+    "modernbert": {
+        "local_attention": 12,
+        "pad_token_id": 0,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "cls_token_id": 1,
+        "sep_token_id": 2,
+    },
+    "mpnet": {},
+    # Rotary, SwiGLU (silu), post-norm: every layer runs the ordinary-op strategies, never the kernel.
+    "nomic_bert": {},
+    # Grouped-query attention (2 key/value heads for 4 query heads); the default special token ids
+    # (128000-128002) are outside the small vocabulary.
+    "eurobert": {"num_key_value_heads": 2, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "mask_token_id": 3},
     "rembert": {"input_embedding_size": 16, "output_embedding_size": 16, "bos_token_id": 2, "eos_token_id": 3},
     "roberta": {},
     "roc_bert": {
@@ -48,7 +76,13 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
         "shape_embed_dim": 16,
         "shape_vocab_size": 32,
     },
+    "roformer": {},
     "splinter": {"question_token_id": 104},
+    # T5 family: attention 4 x 16 = 64 wide over d_model 32; 8 buckets up to distance 16, so short batches
+    # reach the logarithmic ones; mt5/umt5 default to gated-gelu.
+    "t5": {"d_kv": 16, "d_ff": 64, "num_decoder_layers": 2, **_T5_BUCKETS},
+    "mt5": {"d_kv": 16, "d_ff": 64, "num_decoder_layers": 2, **_T5_BUCKETS},
+    "umt5": {"d_kv": 16, "d_ff": 64, "num_decoder_layers": 2, **_T5_BUCKETS},
     "tapas": {},
     "xlm-roberta": {},
     "xlm-roberta-xl": {},

@@ -6,11 +6,26 @@ the example configs import transformers only when called.
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 from bt_core import LayerMapping, hookimpl
 
 from .examples import EXAMPLE_CONFIGS
 
 _ADAPTERS = "bt_plugins_encoders.adapters"
+
+
+def _if_transformers_has(model_dir: str, *entries: tuple[str, str, str]) -> tuple[tuple[str, str, str], ...]:
+    """``entries`` when the installed transformers has ``transformers/models/<model_dir>``, else none.
+
+    For model types newer than the oldest transformers supported (gte is absent from 5.10): there is
+    no such layer to convert, and no example config to build. Checked without importing transformers.
+    """
+    spec = importlib.util.find_spec("transformers")
+    roots = (spec.submodule_search_locations or []) if spec is not None else []
+    return entries if any(os.path.isdir(os.path.join(root, "models", model_dir)) for root in roots) else ()
+
 
 #: (model_type, encoder layer class in transformers 5.10-5.24, adapter class in ``adapters``).
 LAYERS: tuple[tuple[str, str, str], ...] = (
@@ -22,33 +37,41 @@ LAYERS: tuple[tuple[str, str, str], ...] = (
     ("distilbert", "TransformerBlock", "DistilBertLayerAdapter"),
     ("electra", "ElectraLayer", "BertLayerAdapter"),
     ("ernie", "ErnieLayer", "BertLayerAdapter"),
+    ("esm", "EsmLayer", "bt_plugins_encoders.esm:EsmLayerAdapter"),
+    *_if_transformers_has("gte", ("gte", "GteLayer", "bt_plugins_encoders.gte:GteLayerAdapter")),
     ("layoutlm", "LayoutLMLayer", "BertLayerAdapter"),
     ("markuplm", "MarkupLMLayer", "BertLayerAdapter"),
+    ("modernbert", "ModernBertEncoderLayer", "bt_plugins_encoders.modernbert:ModernBertLayerAdapter"),
+    ("mpnet", "MPNetLayer", "bt_plugins_encoders.mpnet:MPNetLayerAdapter"),
+    ("nomic_bert", "NomicBertLayer", "bt_plugins_encoders.nomic_bert:NomicBertLayerAdapter"),
+    ("eurobert", "EuroBertDecoderLayer", "bt_plugins_encoders.eurobert:EuroBertLayerAdapter"),
     ("rembert", "RemBertLayer", "TupleBertLayerAdapter"),
     ("roberta", "RobertaLayer", "BertLayerAdapter"),
     ("roc_bert", "RoCBertLayer", "BertLayerAdapter"),
+    ("roformer", "RoFormerLayer", "bt_plugins_encoders.roformer:RoFormerLayerAdapter"),
     ("splinter", "SplinterLayer", "BertLayerAdapter"),
+    ("t5", "T5Block", "bt_plugins_encoders.t5:T5BlockAdapter"),
+    ("mt5", "MT5Block", "bt_plugins_encoders.t5:T5BlockAdapter"),
+    ("umt5", "UMT5Block", "bt_plugins_encoders.t5:UMT5BlockAdapter"),
     ("tapas", "TapasLayer", "TupleBertLayerAdapter"),
     ("xlm-roberta", "XLMRobertaLayer", "BertLayerAdapter"),
     ("xlm-roberta-xl", "XLMRobertaXLLayer", "XLMRobertaXLLayerAdapter"),
 )
 
+#: Model classes of the example configs where ``AutoModel`` would build more than the encoder.
+EXAMPLE_MODEL_CLASSES: dict[str, str] = {
+    "t5": "transformers:T5EncoderModel",  # AutoModel builds the seq2seq T5Model, decoder included
+    "mt5": "transformers:MT5EncoderModel",
+    "umt5": "transformers:UMT5EncoderModel",
+}
+
+
 #: Encoders whose layers the fused kernel cannot compute exactly, and why.
 REFUSED: dict[str, str] = {
-    "roformer": "RoFormer applies rotary position embeddings to queries and keys inside every attention "
-    "layer, and the fused kernel's attention has no position term",
-    "mpnet": "MPNet adds a learned relative position bias to the attention scores of every layer, which the "
-    "fused kernel cannot take",
     "deberta": "DeBERTa uses disentangled attention (content-to-position and position-to-content scores with "
     "relative position embeddings), not plain scaled dot-product attention",
     "deberta-v2": "DeBERTa-v2/v3 uses disentangled attention (content-to-position and position-to-content "
     "scores with relative position embeddings), not plain scaled dot-product attention",
-    "modernbert": "ModernBERT uses rotary position embeddings, a gated (GLU) feed-forward and bias-free "
-    "layers with local/global attention, none of which the fused kernel computes",
-    "t5": "T5 adds a relative position bias to its attention scores and normalizes with RMSNorm (no mean, "
-    "no bias), neither of which the fused kernel computes",
-    "mt5": "mT5 adds a relative position bias to its attention scores and normalizes with RMSNorm (no mean, "
-    "no bias), neither of which the fused kernel computes",
 }
 
 
@@ -60,7 +83,13 @@ def bt_plugin_api_version() -> str:
 @hookimpl
 def bt_register_layers() -> list[LayerMapping]:
     return [
-        LayerMapping(model_type, layer_class, f"{_ADAPTERS}:{adapter}", example_config=EXAMPLE_CONFIGS[model_type])
+        LayerMapping(
+            model_type,
+            layer_class,
+            adapter if ":" in adapter else f"{_ADAPTERS}:{adapter}",  # "module:Class", or a class in ``adapters``
+            example_config=EXAMPLE_CONFIGS[model_type],
+            example_model_class=EXAMPLE_MODEL_CLASSES.get(model_type),
+        )
         for model_type, layer_class, adapter in LAYERS
     ]
 

@@ -16,7 +16,8 @@ import pytest
 import torch
 from bt_plugins_encoders.examples import example_config
 
-from bt_core import BetterTransformer
+import bt_core
+from bt_core import BetterTransformer, BetterTransformerBaseLayer, BetterTransformerError
 from bt_core.registry import PluginRegistry, set_default_registry
 
 ATOL = 1e-5
@@ -30,33 +31,58 @@ class Case:
     id: str
     model_type: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    #: Whether ``torch._transformer_encoder_layer_fwd`` computes this layer exactly
-    #: (exact gelu/relu activation and an even head count).
+    #: Whether ``torch._transformer_encoder_layer_fwd`` computes this layer exactly (the converted
+    #: layer says so), and the reason it gives when it cannot.
     fused: bool = True
+    not_fused_because: str | None = None
 
     def config(self, **extra: Any) -> Any:
         return example_config(self.model_type, **{**self.overrides, **extra})
 
 
+def _kernel_blocker(mapping: Any) -> str | None:
+    """Why the fused kernel cannot compute the example model's layers, as the converted layers say."""
+    from bt_core._validate import kernel_blocker
+    from bt_core.registry import PluginRegistry
+
+    registry = PluginRegistry(discover=False)
+    registry.register(encoders_plugin, "encoders")
+    model_class = mapping.load_example_model_class()
+    config = mapping.example_config()
+    model = (model_class.from_config(config) if hasattr(model_class, "from_config") else model_class(config)).eval()
+    converted = BetterTransformer.transform(model, registry=registry)
+    reasons = {kernel_blocker(m) for m in converted.modules() if isinstance(m, BetterTransformerBaseLayer)}
+    static = next(iter(sorted(r for r in reasons if r)), None)
+    if static is not None:
+        return static
+    # What only a call shows (a score bias or rotary tables the encoder hands the layers).
+    try:
+        with torch.inference_mode(), bt_core.force_strategy("fused"):
+            converted(**make_batch(config, "padded"))
+    except BetterTransformerError as exc:
+        return str(exc).split("was forced, but ", 1)[-1].split("; unset it")[0]
+    return None
+
+
 def _cases() -> list[Case]:
     cases = []
     for mapping in encoders_plugin.bt_register_layers():
-        config = mapping.example_config()
-        act = getattr(config, "hidden_act", None) or getattr(config, "activation", None)
-        heads = getattr(config, "num_attention_heads", None) or config.n_heads
-        cases.append(Case(mapping.model_type, mapping.model_type, fused=act in ("gelu", "relu") and heads % 2 == 0))
+        blocker = _kernel_blocker(mapping)
+        cases.append(Case(mapping.model_type, mapping.model_type, fused=blocker is None, not_fused_because=blocker))
     cases += [
         # ALBERT with exact gelu: the fused kernel runs, on a group of two layers called twice.
         Case("albert-gelu-shared", "albert", {"hidden_act": "gelu", "inner_group_num": 2}),
         # An odd head count: PyTorch's fast path refuses it, the ordinary-op strategies do not.
-        Case("bert-3-heads", "bert", {"hidden_size": 48, "num_attention_heads": 3}, fused=False),
+        Case(
+            "bert-3-heads",
+            "bert",
+            {"hidden_size": 48, "num_attention_heads": 3},
+            fused=False,
+            not_fused_because="head count is odd",
+        ),
         Case("distilbert-relu", "distilbert", {"activation": "relu"}),
     ]
     return cases
-
-
-CASES: list[Case] = _cases()
-CASE_IDS = [c.id for c in CASES]
 
 
 def strategy_params() -> list[Any]:
@@ -92,13 +118,14 @@ def _quiet_reference_path_warnings() -> Iterator[None]:
 def build(
     case: Case, model_class: Any = None, *, seed: int = 0, attn_implementation: str | None = None, **overrides: Any
 ) -> torch.nn.Module:
-    """A random-weight model of ``case`` (``AutoModel`` unless ``model_class``), in eval mode."""
-    from transformers import AutoModel
-
+    """A random-weight model of ``case`` (the mapping's example model class, ``AutoModel`` for most, unless
+    ``model_class``), in eval mode."""
     torch.manual_seed(seed)
     config = case.config(**overrides)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model_class = model_class or AutoModel
+    if model_class is None:
+        (mapping,) = [m for m in encoders_plugin.bt_register_layers() if m.model_type == case.model_type]
+        model_class = mapping.load_example_model_class()
     if hasattr(model_class, "from_config"):  # an Auto class
         model = model_class.from_config(config, **kwargs)
     else:
@@ -162,3 +189,8 @@ def zero_dropout_overrides(case: Case) -> dict[str, float]:
         for key, value in config.to_dict().items()
         if "dropout" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
+
+
+#: Built last: deciding what the fused kernel can run converts each example model once.
+CASES: list[Case] = _cases()
+CASE_IDS = [c.id for c in CASES]

@@ -25,7 +25,13 @@ def test_entry_point_discovery_provides_every_encoder_model_type() -> None:
 
 
 def test_pack_covers_exactly_the_model_types_bt_core_advertises_for_it() -> None:
-    assert MODEL_TYPES == set(KNOWN_PACKS["bt-plugins-encoders"])
+    import transformers
+
+    advertised = set(KNOWN_PACKS["bt-plugins-encoders"])
+    # gte arrived in transformers after 5.10; the pack registers it only where transformers has it.
+    if not hasattr(transformers, "GteModel"):
+        advertised.discard("gte")
+    assert MODEL_TYPES == advertised
 
 
 def test_every_mapping_has_a_small_example_config() -> None:

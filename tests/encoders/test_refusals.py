@@ -17,19 +17,10 @@ _BERT_SIZES = {
     "intermediate_size": 64,
     "vocab_size": 128,
 }
-_T5_SIZES = {"d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2, "num_heads": 4, "vocab_size": 128}
 
 REFUSED = {
-    "roformer": (_BERT_SIZES, "rotary position embeddings"),
-    "mpnet": (_BERT_SIZES, "relative position bias"),
     "deberta": (_BERT_SIZES, "disentangled attention"),
     "deberta-v2": (_BERT_SIZES, "disentangled attention"),
-    "modernbert": (
-        {**_BERT_SIZES, "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2, "cls_token_id": 1, "sep_token_id": 2},
-        "rotary position embeddings, a gated \\(GLU\\) feed-forward",
-    ),
-    "t5": (_T5_SIZES, "relative position bias .* RMSNorm"),
-    "mt5": (_T5_SIZES, "relative position bias .* RMSNorm"),
 }
 
 

@@ -19,16 +19,6 @@ from .conftest import (
     zero_dropout_overrides,
 )
 
-# Fused attribute <- the adapter roles it is made of (``in_proj`` is q, k, v concatenated).
-ROLES = {
-    "in_proj": ("query", "key", "value"),
-    "out_proj": ("attention output",),
-    "linear1": ("feed-forward input",),
-    "linear2": ("feed-forward output",),
-    "norm1": ("first layer norm",),
-    "norm2": ("second layer norm",),
-}
-
 
 def _loss(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     # A fixed random projection: a plain sum of layer-norm outputs has (almost) no gradient.
@@ -60,11 +50,15 @@ def test_train_mode_without_dropout_matches_original_and_gradients_reach_every_f
                 continue
             assert param.grad is not None, f"{name}.{attr} got no gradient"
             assert torch.isfinite(param.grad).all() and param.grad.abs().sum() > 0, f"{name}.{attr}"
-            prefix, kind = attr.rsplit("_", 1)
-            parts = [
-                getattr(original_layer.get_submodule(type(layer).PATHS[role][0]), kind).grad for role in ROLES[prefix]
-            ]
-            torch.testing.assert_close(param.grad, torch.cat(parts), atol=1e-5, rtol=1e-4, msg=f"{name}.{attr}")
+        # Each original parameter's gradient is where the restore plan says its value lives.
+        shared, sliced, _ = layer._bt_restore_plan
+        for pname, attr in shared.items():
+            expected_grad = original_layer.get_parameter(pname).grad
+            torch.testing.assert_close(getattr(layer, attr).grad, expected_grad, atol=1e-5, rtol=1e-4, msg=pname)
+        for pname, (attr, start, end) in sliced.items():
+            expected_grad = original_layer.get_parameter(pname).grad
+            actual_grad = getattr(layer, attr).grad[start:end]
+            torch.testing.assert_close(actual_grad, expected_grad, atol=1e-5, rtol=1e-4, msg=f"{name}.{pname}")
     # And the parameters outside the converted layers (embeddings, pooler) get the same gradients.
     originals = dict(original.named_parameters())
     for pname, param in converted.named_parameters():
