@@ -99,8 +99,7 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
         k = find_submodule(layer, self.K, "key projection")
         v = find_submodule(layer, self.V, "value projection")
         out = find_submodule(layer, self.OUT, "attention output projection")
-        fc1 = find_submodule(layer, self.FC1, "first feed-forward linear")
-        fc2 = find_submodule(layer, self.FC2, "second feed-forward linear")
+        fc1, fc2 = self.feed_forward_linears(layer)
         norm1 = find_submodule(layer, self.NORM1, "layer norm before attention")
         norm2 = find_submodule(layer, self.NORM2, "layer norm before the feed-forward")
 
@@ -133,6 +132,13 @@ class _PreNormAdapter(BetterTransformerBaseLayer):
         self.drop_path = _drop_path_rate(layer)
 
     # -- pieces subclasses refine -------------------------------------------------------------------
+
+    def feed_forward_linears(self, layer: nn.Module) -> tuple[nn.Module | tuple[nn.Module, ...], nn.Module]:
+        """The feed-forward's first linear (one module, or several whose outputs are concatenated) and its second."""
+        return (
+            find_submodule(layer, self.FC1, "first feed-forward linear"),
+            find_submodule(layer, self.FC2, "second feed-forward linear"),
+        )
 
     def layer_scales(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
         """Per-channel scales applied to the attention and feed-forward outputs (None: none)."""
@@ -188,22 +194,37 @@ class YolosLayerAdapter(_PreNormAdapter):
 
 
 class Dinov2LayerAdapter(_PreNormAdapter):
-    """``Dinov2Layer``: LayerScale folded into the output projections; SwiGLU refused."""
+    """``Dinov2Layer``: LayerScale folded into the output projections; with ``use_swiglu_ffn=True``
+    (DINOv2 giant) a SwiGLU feed-forward, ``silu(x W_gate) * (x W_up)``, declared as a gated one."""
+
+    #: The SwiGLU feed-forward's linears: one linear giving ``[gate; up]`` (transformers 5.10) or two.
+    SWIGLU_IN: tuple[str, ...] = ("mlp.gate_proj", "mlp.weights_in")
+    SWIGLU_UP: tuple[str, ...] = ("mlp.up_proj",)
+    SWIGLU_OUT: tuple[str, ...] = ("mlp.down_proj", "mlp.weights_out")
 
     def __init__(self, layer: nn.Module, config: Any) -> None:
-        own = _own_config(layer, config)
-        mlp = getattr(layer, "mlp", None)
-        if getattr(own, "use_swiglu_ffn", False) or hasattr(mlp, "gate_proj") or hasattr(mlp, "weights_in"):
-            raise UnsupportedModelError(
-                f"{type(layer).__name__}: config.use_swiglu_ffn=True gives this layer a SwiGLU feed-forward "
-                "(silu(x W_gate) * (x W_up)), a gated product the fused kernel's two-linear MLP cannot "
-                "compute; only DINOv2 models with use_swiglu_ffn=False (ViT-S/B/L) can be converted. Run "
-                "this model unconverted."
-            )
         super().__init__(layer, config)
+        if self._is_swiglu(layer):
+            # Both releases hard-code silu on the first half (the gate), whatever config.hidden_act says.
+            self.activation = "silu"
+            self.gated_half = "first"
         older_release_dropout = [m.p for m in layer.modules() if isinstance(m, nn.Dropout) and m.p > 0]
         if older_release_dropout:
             self.attention_output_dropout = older_release_dropout[0]
+
+    @staticmethod
+    def _is_swiglu(layer: nn.Module) -> bool:
+        mlp = getattr(layer, "mlp", None)
+        return hasattr(mlp, "gate_proj") or hasattr(mlp, "weights_in")
+
+    def feed_forward_linears(self, layer: nn.Module) -> tuple[nn.Module | tuple[nn.Module, ...], nn.Module]:
+        if not self._is_swiglu(layer):
+            return super().feed_forward_linears(layer)
+        first = find_submodule(layer, self.SWIGLU_IN, "SwiGLU input projection")
+        out = find_submodule(layer, self.SWIGLU_OUT, "SwiGLU output projection")
+        if first is getattr(layer.mlp, "weights_in", None):
+            return first, out  # its output is already [gate; up]
+        return (first, find_submodule(layer, self.SWIGLU_UP, "SwiGLU up projection")), out
 
     def layer_scales(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
         return layer.layer_scale1.lambda1, layer.layer_scale2.lambda1
@@ -214,33 +235,61 @@ class Dinov2LayerAdapter(_PreNormAdapter):
         return 0.0
 
 
+def _argument(args: tuple[Any, ...], kwargs: dict[str, Any], index: int, name: str, default: Any = None) -> Any:
+    """An argument of the original layer's forward (after ``hidden_states``), given by position or name."""
+    return args[index] if len(args) > index else kwargs.get(name, default)
+
+
 class _BeitLike(_PreNormAdapter):
-    """BEiT-style layers: layer-scale lambdas folded; the relative position bias refused."""
+    """BEiT-style layers: layer-scale lambdas folded; the relative position bias added to the scores.
+
+    A layer's own bias (``use_relative_position_bias``) is computed from its own module, as the original
+    computes it on every call (from ``resolution`` and ``interpolate_pos_encoding``); the module stays a
+    submodule of the converted layer, so it trains and goes back with the layer. A shared bias
+    (``use_shared_relative_position_bias``) arrives with the call, computed by the model.
+    """
+
+    #: Where the layer keeps its own relative position bias module (BEiT: on the layer; data2vec-vision:
+    #: on the self-attention); absent when the model has none, or shares one.
+    RELATIVE_BIAS: tuple[str, ...] = ("relative_position_bias", "attention.attention.relative_position_bias")
 
     def __init__(self, layer: nn.Module, config: Any) -> None:
-        own = _own_config(layer, config)
-        for field in ("use_relative_position_bias", "use_shared_relative_position_bias"):
-            if getattr(own, field, False) or getattr(config, field, False):
-                raise UnsupportedModelError(
-                    f"{type(layer).__name__}: config.{field}=True adds a learned relative position bias to "
-                    "every attention score, which the fused attention cannot take; only models with "
-                    "use_relative_position_bias=False and use_shared_relative_position_bias=False can be "
-                    "converted. Run this model unconverted."
-                )
-        has_bias = getattr(layer, "relative_position_bias", None) is not None or getattr(
-            find_submodule(layer, ("attention.attention", "attention"), "attention"),
-            "has_relative_position_bias",
-            False,
-        )
-        if has_bias:
-            raise UnsupportedModelError(
-                f"{type(layer).__name__}: the layer holds a relative position bias, which the fused attention "
-                "cannot take; run this model unconverted."
-            )
         super().__init__(layer, config)
-        older_release_dropout = [m.p for m in layer.modules() if isinstance(m, nn.Dropout) and m.p > 0]
-        if older_release_dropout:
-            self.attention_output_dropout = older_release_dropout[0]
+        own = _own_config(layer, config)
+        self.patch_size = int(own.patch_size)
+        #: Registered, not only read: its table is a parameter of the model that training must reach.
+        self.relative_position_bias = self._own_relative_bias(layer)
+        # Both branches' outputs go through a dropout of hidden_dropout_prob (the inherited declaration);
+        # the self-attention's own nn.Dropout is attention_probs_dropout_prob, on the probabilities.
+
+    def _own_relative_bias(self, layer: nn.Module) -> nn.Module | None:
+        for path in self.RELATIVE_BIAS:
+            try:
+                module = layer.get_submodule(path)
+            except AttributeError:  # absent, or None (the model has no per-layer bias)
+                continue
+            if not hasattr(module, "relative_position_bias_table"):
+                raise UnsupportedModelError(
+                    f"{self.bt_layer_name}.{path} is a {type(module).__name__} without a relative_position_bias_table, "
+                    "not the relative position bias bt knows how to call; upgrade bt-plugins-vision, or keep "
+                    "this model unconverted."
+                )
+            return module
+        return None
+
+    def layer_bias(self, hidden_states: Tensor, interpolate_pos_encoding: bool, resolution: Any) -> Tensor | None:
+        """This layer's own relative position bias ``(1, heads, seq, seq)``, as the original computes it."""
+        if self.relative_position_bias is None:
+            return None
+        if resolution is None:
+            raise ValueError(
+                f"{type(self).__name__} ({self.bt_layer_name}): the layer has a relative position bias, which needs "
+                "`resolution` (the pixel height and width); call it as the model does, with "
+                "resolution=pixel_values.shape[2:]."
+            )
+        height, width = resolution
+        window_size = (height // self.patch_size, width // self.patch_size)
+        return self.relative_position_bias(window_size, interpolate_pos_encoding, dim_size=hidden_states.shape[1])
 
     def layer_scales(self, layer: nn.Module) -> tuple[Tensor | None, Tensor | None]:
         lambda_1, lambda_2 = getattr(layer, "lambda_1", None), getattr(layer, "lambda_2", None)
@@ -250,23 +299,52 @@ class _BeitLike(_PreNormAdapter):
 
 
 class BeitLayerAdapter(_BeitLike):
-    """``BeitLayer`` without relative position bias."""
+    """``BeitLayer``. ``BeitModel`` adds a shared relative position bias to the ``attention_mask`` it
+    passes every layer, and the layer adds its own: the attention adds whatever that sum is to its scores."""
+
+    def __init__(self, layer: nn.Module, config: Any) -> None:
+        super().__init__(layer, config)
+        own = _own_config(layer, config)
+        self.shared_bias_in_mask = bool(getattr(own, "use_shared_relative_position_bias", False))
+
+    def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
+        call = super().parse_call(hidden_states, args, kwargs)
+        bias = self.layer_bias(
+            hidden_states,
+            bool(_argument(args, kwargs, 1, "interpolate_pos_encoding", False)),
+            _argument(args, kwargs, 2, "resolution"),
+        )
+        if bias is None and not self.shared_bias_in_mask:
+            return call
+        # The original adds the mask (holding the shared bias, and any padding) to the scores as it is;
+        # adding that same sum is exact whatever the mask's form.
+        mask = call.attention_mask
+        if mask is not None:
+            bias = mask if bias is None else bias + mask
+        call.attention_mask, call.score_bias = None, bias
+        return call
 
 
 class Data2VecVisionLayerAdapter(_BeitLike):
-    """``Data2VecVisionLayer``: called with ``output_attentions``, returns a tuple; no mask."""
+    """``Data2VecVisionLayer``: called with ``output_attentions`` and the shared relative position bias,
+    returns a tuple; no mask."""
 
     returns_tuple = True
 
     def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
-        output_attentions = args[0] if args else kwargs.get("output_attentions", False)
-        bias = args[1] if len(args) > 1 else kwargs.get("relative_position_bias")
-        if bias is not None:
-            raise UnsupportedModelError(
-                f"{type(self).__name__}: the encoder passed a relative position bias; models with "
-                "use_shared_relative_position_bias=True cannot be converted."
-            )
-        return LayerCall(hidden_states=hidden_states, output_attentions=bool(output_attentions))
+        shared = _argument(args, kwargs, 1, "relative_position_bias")
+        bias = self.layer_bias(
+            hidden_states,
+            bool(_argument(args, kwargs, 2, "interpolate_pos_encoding", False)),
+            _argument(args, kwargs, 3, "resolution"),
+        )
+        if shared is not None:
+            bias = shared if bias is None else bias + shared
+        return LayerCall(
+            hidden_states=hidden_states,
+            output_attentions=bool(_argument(args, kwargs, 0, "output_attentions", False)),
+            score_bias=bias,
+        )
 
 
 class ViltLayerAdapter(_PreNormAdapter):

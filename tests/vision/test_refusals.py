@@ -34,19 +34,6 @@ def _refused(model: nn.Module, match: str) -> None:
     state_dicts_identical(before, model.state_dict())
 
 
-def test_dinov2_with_swiglu_ffn_is_refused_naming_the_field() -> None:
-    model = build(vision_plugin.dinov2_config, "Dinov2Model", use_swiglu_ffn=True)
-    _refused(model, r"config\.use_swiglu_ffn=True .*SwiGLU.*use_swiglu_ffn=False")
-
-
-@pytest.mark.parametrize("model_class", ["BeitModel", "Data2VecVisionModel"])
-@pytest.mark.parametrize("field", ["use_relative_position_bias", "use_shared_relative_position_bias"])
-def test_relative_position_bias_is_refused_naming_the_field(model_class: str, field: str) -> None:
-    config = vision_plugin.beit_config if model_class == "BeitModel" else vision_plugin.data2vec_vision_config
-    model = build(config, model_class, **{field: True})
-    _refused(model, rf"config\.{field}=True .*relative position bias.*{field}=False")
-
-
 @pytest.mark.parametrize("model_class", ["BeitModel", "Data2VecVisionModel"])
 def test_layer_scale_off_converts_without_folding(model_class: str) -> None:
     config = vision_plugin.beit_config if model_class == "BeitModel" else vision_plugin.data2vec_vision_config
