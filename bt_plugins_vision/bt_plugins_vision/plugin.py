@@ -201,9 +201,12 @@ def bt_register_layers() -> list[LayerMapping]:
         LayerMapping("vit_msn", "ViTMSNLayer", vit, vit_msn_config),
         LayerMapping("yolos", "YolosLayer", f"{_ADAPTERS}:YolosLayerAdapter", yolos_config),
         LayerMapping("dinov2", "Dinov2Layer", f"{_ADAPTERS}:Dinov2LayerAdapter", dinov2_config),
-        LayerMapping("beit", "BeitLayer", f"{_ADAPTERS}:BeitLayerAdapter", beit_config),
+        LayerMapping("beit", "BeitLayer", "bt_plugins_vision.beit:BeitLayerAdapter", beit_config),
         LayerMapping(
-            "data2vec-vision", "Data2VecVisionLayer", f"{_ADAPTERS}:Data2VecVisionLayerAdapter", data2vec_vision_config
+            "data2vec-vision",
+            "Data2VecVisionLayer",
+            "bt_plugins_vision.beit:Data2VecVisionLayerAdapter",
+            data2vec_vision_config,
         ),
         LayerMapping("vilt", "ViltLayer", f"{_ADAPTERS}:ViltLayerAdapter", vilt_config, example_inputs=vilt_inputs),
         LayerMapping("clip", "CLIPEncoderLayer", clip, clip_config, example_inputs=text_and_image_inputs),

@@ -49,7 +49,7 @@ def test_importing_the_plugin_module_loads_neither_torch_nor_transformers() -> N
 
 def test_every_adapter_string_resolves() -> None:
     for mapping in MAPPINGS:
-        assert mapping.load_adapter().__module__ == "bt_plugins_vision.adapters"
+        assert mapping.load_adapter().__module__.startswith("bt_plugins_vision.")
 
 
 def test_refused_model_types_each_give_a_reason() -> None:

@@ -86,7 +86,7 @@ def _beit(name: str, **overrides: Any) -> Variant:
         "BeitModel",
         "BeitForImageClassification",
         "BeitLayer",
-        "BeitLayerAdapter",
+        "bt_plugins_vision.beit:BeitLayerAdapter",
         overrides,
     )
 
@@ -98,7 +98,7 @@ def _data2vec(name: str, **overrides: Any) -> Variant:
         "Data2VecVisionModel",
         "Data2VecVisionForImageClassification",
         "Data2VecVisionLayer",
-        "Data2VecVisionLayerAdapter",
+        "bt_plugins_vision.beit:Data2VecVisionLayerAdapter",
         overrides,
     )
 
@@ -362,7 +362,7 @@ class _VariantPlugin:
     @hookimpl
     def bt_register_layers(self) -> list[LayerMapping]:
         v = self.variant
-        adapter = f"bt_plugins_vision.adapters:{v.adapter}"
+        adapter = v.adapter if ":" in v.adapter else f"bt_plugins_vision.adapters:{v.adapter}"
         return [LayerMapping(v.model_type, v.layer_class, adapter, v.config_with_overrides)]
 
 
