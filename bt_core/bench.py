@@ -174,7 +174,7 @@ def _dims(config: Any) -> tuple[int, int, int]:
     )
     layers = first("num_hidden_layers", "encoder_layers", "num_layers")
     hidden = first("hidden_size", "d_model", "embed_dim")
-    ffn = first("intermediate_size", "encoder_ffn_dim", "ffn_dim")
+    ffn = first("intermediate_size", "encoder_ffn_dim", "ffn_dim", "d_ff")
     return layers, hidden, ffn
 
 
@@ -224,9 +224,11 @@ def _from_config(config: Any) -> Any:
 
     torch.manual_seed(0)
     try:
-        return transformers.AutoModel.from_config(config, attn_implementation="sdpa")
+        model = transformers.AutoModel.from_config(config, attn_implementation="sdpa")
     except ValueError:
-        return transformers.AutoModel.from_config(config)
+        model = transformers.AutoModel.from_config(config)
+    # A seq2seq model (T5) is benchmarked by its encoder half, the part bt converts.
+    return model.get_encoder() if getattr(config, "is_encoder_decoder", False) else model
 
 
 def _make_inputs(

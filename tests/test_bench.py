@@ -172,3 +172,13 @@ def test_compile_times_compiled_original_against_compiled_converted(tiny: Path) 
     (row,) = result["rows"]
     assert row["strategies"] == ["packed"], "converted layers run eagerly inside the compiled model"
     assert "compiled with backend 'eager'" in bench.format_table(result)
+
+
+def test_a_seq2seq_model_is_benchmarked_by_its_encoder(tmp_path: Path) -> None:
+    path = tmp_path / "t5.json"
+    path.write_text(json.dumps({"model_type": "t5", "d_model": 32, "d_kv": 8, "d_ff": 64, "num_layers": 2,
+                                "num_heads": 4, "vocab_size": 200}))  # fmt: skip
+    result = bench.run_bench(str(path), batch=3, length=16, padding=[0.5], runs=1, warmup=0, threads=1, eager=False)
+    (row,) = result["rows"]
+    assert row["strategies"] == ["packed"]
+    assert (result["settings"]["layers"], result["settings"]["ffn"]) == (2, 64)
