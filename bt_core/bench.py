@@ -225,8 +225,8 @@ def _from_config(config: Any) -> Any:
     torch.manual_seed(0)
     try:
         model = transformers.AutoModel.from_config(config, attn_implementation="sdpa")
-    except ValueError:
-        model = transformers.AutoModel.from_config(config)
+    except ValueError:  # no sdpa for this architecture (RoFormer, MPNet): transformers' default is eager
+        model = transformers.AutoModel.from_config(config, attn_implementation="eager")
     # A seq2seq model (T5) is benchmarked by its encoder half, the part bt converts.
     return model.get_encoder() if getattr(config, "is_encoder_decoder", False) else model
 
@@ -554,6 +554,7 @@ def _run(
             "runs": runs,
             "warmup": warmup,
             "strategy": strategy or "auto",
+            "baseline_attention": getattr(original.config, "_attn_implementation", None),
             "compile": compile_backend,
             "command": "bt bench " + " ".join(_command_args(locals_=locals())),
         },
@@ -597,7 +598,7 @@ def format_table(result: dict[str, Any]) -> str:
         f"conversion {conversion['seconds']:.3f} s; parameters {conversion['param_bytes_before'] / 2**20:.1f} MiB "
         f"before, {conversion['param_bytes_after'] / 2**20:.1f} MiB after",
         f"{settings['clock']}-clock medians of {settings['runs']} alternating runs after {settings['warmup']} warm-up; "
-        f"strategy {settings['strategy']}"
+        f"strategy {settings['strategy']}; baseline attention {settings.get('baseline_attention')}"
         + (f"; every model compiled with backend {settings['compile']!r}" if settings.get("compile") else ""),
         "",
     ]
