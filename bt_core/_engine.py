@@ -111,14 +111,23 @@ def _padded_positions(
     return rotary, keep
 
 
+def _heads_first(
+    layer: BetterTransformerBaseLayer, q: Tensor, k: Tensor, v: Tensor, rotary: tuple[Tensor, Tensor] | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Padded ``(batch, seq, heads, head_dim)`` q/k/v, rotated where declared, as ``(batch, heads, seq, head_dim)``
+    with one key/value head per query head."""
+    if rotary is not None:
+        q, k = rotate(q, *rotary, str(layer.rotary)), rotate(k, *rotary, str(layer.rotary))
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    k, v = expand_kv(layer, k, v, head_axis=1)
+    return q, k, v
+
+
 def _dense(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: MaskLayout, call: LayerCall) -> Tensor:
     rotary, keep = _padded_positions(layer, call, layout, hidden_states)
 
     def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if rotary is not None:
-            q, k = rotate(q, *rotary, str(layer.rotary)), rotate(k, *rotary, str(layer.rotary))
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        k, v = expand_kv(layer, k, v, head_axis=1)
+        q, k, v = _heads_first(layer, q, k, v, rotary)
         mask = score_mask(keep, call.score_bias, q.dtype)
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layer.score_scale)
         return context.transpose(1, 2).flatten(2)
@@ -135,10 +144,7 @@ def _reference(
     rotary, keep = _padded_positions(layer, call, layout, hidden_states)
 
     def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        if rotary is not None:
-            q, k = rotate(q, *rotary, str(layer.rotary)), rotate(k, *rotary, str(layer.rotary))
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-        k, v = expand_kv(layer, k, v, head_axis=1)
+        q, k, v = _heads_first(layer, q, k, v, rotary)
         scores = torch.matmul(q, k.transpose(-1, -2))
         scores = scores / math.sqrt(q.shape[-1]) if layer.score_scale is None else scores * layer.score_scale
         if call.score_bias is not None:

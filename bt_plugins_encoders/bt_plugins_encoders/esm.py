@@ -31,6 +31,8 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
 from bt_core.layer import LayerCall, find_submodule
 
+from .adapters import BertLayerAdapter
+
 __all__ = ["EsmLayerAdapter"]
 
 _PLUGIN = "bt-plugins-encoders"
@@ -42,12 +44,7 @@ class EsmLayerAdapter(BetterTransformerBaseLayer):
 
     #: role -> candidate dotted paths (the pack's convention, see ``adapters.EncoderLayerAdapter``).
     PATHS: ClassVar[dict[str, tuple[str, ...]]] = {
-        "query": ("attention.self.query",),
-        "key": ("attention.self.key",),
-        "value": ("attention.self.value",),
-        "attention output": ("attention.output.dense",),
-        "feed-forward input": ("intermediate.dense",),
-        "feed-forward output": ("output.dense",),
+        **BertLayerAdapter.PATHS,
         "first layer norm": ("attention.LayerNorm",),
         "second layer norm": ("LayerNorm",),
     }

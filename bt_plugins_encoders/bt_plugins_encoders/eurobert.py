@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
 from bt_core.layer import LayerCall, find_submodule
 
-from .nomic_bert import check_activation_module, read_rotary
+from .nomic_bert import check_activation_module, read_rotary, use_llama_linears
 
 __all__ = ["EuroBertLayerAdapter"]
 
@@ -42,14 +42,7 @@ class EuroBertLayerAdapter(BetterTransformerBaseLayer):
                 "the model passes no mask; bt converts EuroBERT as the bidirectional encoder it is. Set "
                 "is_causal back to False, or keep this model unconverted."
             )
-        q, k, v = (get(f"self_attn.{x}_proj", what) for x, what in (("q", "query"), ("k", "key"), ("v", "value")))
-        self.use_linears(
-            in_proj=(q, k, v),
-            out_proj=get("self_attn.o_proj", "attention output"),
-            # act(gate(x)) * up(x): the gate's half of linear1 goes through the activation.
-            linear1=(get("mlp.gate_proj", "feed-forward gate"), get("mlp.up_proj", "feed-forward up")),
-            linear2=get("mlp.down_proj", "feed-forward output"),
-        )
+        use_llama_linears(self, get)
         self.use_norms(
             norm1=get("input_layernorm", "attention RMSNorm"),
             norm2=get("post_attention_layernorm", "feed-forward RMSNorm"),

@@ -10,6 +10,7 @@ and a gated feed-forward ``down(act(gate(x)) * up(x))``. Module names are the sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
@@ -53,6 +54,19 @@ def read_rotary(layer: BetterTransformerBaseLayer, kwargs: dict[str, Any]) -> tu
     return cos, sin
 
 
+def use_llama_linears(adapter: BetterTransformerBaseLayer, get: Callable[[str, str], nn.Module]) -> None:
+    """Declare the llama family's linears: ``self_attn.{q,k,v,o}_proj`` and a SwiGLU ``mlp`` whose
+    ``gate_proj`` goes through the activation and multiplies ``up_proj`` before ``down_proj``."""
+    q, k, v = (get(f"self_attn.{x}_proj", what) for x, what in (("q", "query"), ("k", "key"), ("v", "value")))
+    adapter.use_linears(
+        in_proj=(q, k, v),
+        out_proj=get("self_attn.o_proj", "attention output"),
+        linear1=(get("mlp.gate_proj", "feed-forward gate"), get("mlp.up_proj", "feed-forward up")),
+        linear2=get("mlp.down_proj", "feed-forward output"),
+    )
+    adapter.gated_half = "first"
+
+
 class NomicBertLayerAdapter(BetterTransformerBaseLayer):
     """``NomicBertLayer``: post-norm LayerNorms, rotary ("half") q/k, SwiGLU (gate half first), no biases."""
 
@@ -63,14 +77,7 @@ class NomicBertLayerAdapter(BetterTransformerBaseLayer):
             return find_submodule(layer, (path,), what, plugin=_PLUGIN)
 
         attention = get("self_attn", "attention")
-        q, k, v = (get(f"self_attn.{x}_proj", what) for x, what in (("q", "query"), ("k", "key"), ("v", "value")))
-        self.use_linears(
-            in_proj=(q, k, v),
-            out_proj=get("self_attn.o_proj", "attention output"),
-            # act(gate(x)) * up(x): the gate's half of linear1 goes through the activation.
-            linear1=(get("mlp.gate_proj", "feed-forward gate"), get("mlp.up_proj", "feed-forward up")),
-            linear2=get("mlp.down_proj", "feed-forward output"),
-        )
+        use_llama_linears(self, get)
         self.use_norms(
             norm1=get("post_attention_layernorm", "attention layer norm"),
             norm2=get("post_mlp_layernorm", "feed-forward layer norm"),
