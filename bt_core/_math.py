@@ -120,6 +120,24 @@ def norm(layer: BetterTransformerBaseLayer, which: str, x: Tensor) -> Tensor:
     return weight * ((upcast if kind == "rms" else x) * torch.rsqrt(variance + eps)).to(x.dtype)
 
 
+def _halves(layer: BetterTransformerBaseLayer, x: Tensor) -> tuple[Tensor, Tensor]:
+    """The two halves of a gated feed-forward's ``linear1`` output, each its own contiguous tensor: two
+    GEMMs on the halves of the weight (views, no copy) run faster on CPU than one of twice the width
+    followed by strided reads (GTE at BERT-base size: 0.97x of transformers without padding, 1.0x with)."""
+    if "linear1" in layer._bt_calls:
+        inner = linear(layer, "linear1", x)
+        if isinstance(inner, tuple):
+            return (inner[0], inner[1]) if len(inner) == 2 else torch.cat(inner, dim=-1).chunk(2, dim=-1)
+        first, second = inner.chunk(2, dim=-1)
+        return first, second
+    weight, bias = layer.linear1_weight, layer.linear1_bias
+    half = weight.shape[0] // 2
+    return (
+        F.linear(x, weight[:half], None if bias is None else bias[:half]),
+        F.linear(x, weight[half:], None if bias is None else bias[half:]),
+    )
+
+
 def layer_math(
     layer: BetterTransformerBaseLayer,
     tokens: Tensor,
@@ -150,16 +168,12 @@ def layer_math(
         return branch(linear(layer, "out_proj", context), "attention", residual)  # type: ignore[arg-type]
 
     def feed_forward(x: Tensor, residual: Tensor) -> Tensor:
-        inner = linear(layer, "linear1", x)
-        if isinstance(inner, tuple):
-            inner = torch.cat(inner, dim=-1)
         if layer.gated_half is None:
-            inner = act(inner)
+            inner = act(linear(layer, "linear1", x))  # type: ignore[arg-type]
         else:
-            first, second = inner.chunk(2, dim=-1)
+            first, second = _halves(layer, x)
             gate, up = (first, second) if layer.gated_half == "first" else (second, first)
-            # In place on the linear's own buffer when allowed: the product stays a strided view of it,
-            # which the next GEMM reads as it is (no copy), saving two intermediates the size of ``up``.
+            # In place on the gate's own buffer when allowed: no intermediate the size of ``up``.
             inner = act(gate).mul_(up) if in_place else act(gate) * up
         if regularise is not None:
             inner = regularise(inner, "feed_forward_inner")
