@@ -17,8 +17,10 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from bt_core import BetterTransformerBaseLayer, BetterTransformerError, UnsupportedModelError
+from bt_core import BetterTransformerBaseLayer, BetterTransformerError
 from bt_core.layer import LayerCall, find_submodule
+
+from .nomic_bert import check_activation_module
 
 __all__ = ["GteLayerAdapter"]
 
@@ -55,26 +57,12 @@ class GteLayerAdapter(BetterTransformerBaseLayer):
         self.head_dim = int(attention.head_dim)
         self.score_scale = float(attention.scaling)
         self.activation = config.hidden_act
-        self._check_activation(get("mlp.act_fn", "feed-forward activation"))
+        check_activation_module(layer, get("mlp.act_fn", "feed-forward activation"), self.activation)
         self.attention_dropout = float(config.attention_probs_dropout_prob)
         self.hidden_dropout = float(config.hidden_dropout_prob)
         # GteMLP drops out act(gate) * up before down_proj, inside the feed-forward branch.
         inner_dropout = get("mlp.dropout", "feed-forward dropout")
         self.feed_forward_inner_dropout = float(inner_dropout.p) if isinstance(inner_dropout, nn.Dropout) else 0.0
-
-    def _check_activation(self, module: nn.Module) -> None:
-        """Refuse when the layer's activation module is not the one ``config.hidden_act`` names."""
-        from transformers.activations import ACT2FN
-
-        if not isinstance(self.activation, str) or self.activation not in ACT2FN:
-            return  # bt_core's validation names an activation it cannot compute
-        expected = type(ACT2FN[self.activation])
-        if type(module) is not expected:
-            raise UnsupportedModelError(
-                f"{self.bt_layer_name}: config.hidden_act={self.activation!r} ({expected.__name__}), but the layer "
-                f"computes {type(module).__name__}; the config no longer describes the model (edited after it was "
-                "built?). Rebuild the model from the config, or set hidden_act back to the layer's activation."
-            )
 
     def parse_call(self, hidden_states: Tensor, args: tuple[Any, ...], kwargs: dict[str, Any]) -> LayerCall:
         """``GteModel`` calls ``layer(hidden, attention_mask=..., position_embeddings=(cos, sin))``."""
