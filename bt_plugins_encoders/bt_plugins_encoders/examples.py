@@ -2,8 +2,9 @@
 
 Used by the conformance kit (``bt_core.testing``) and this pack's tests through
 ``LayerMapping.example_config``. Every config: hidden size 32, 2 layers, 4 heads (even, so the
-fused kernel may run), feed-forward 64, a 128-token vocabulary. transformers is imported only when
-a config is built, so importing this module (and the plugin) stays cheap.
+fused kernel may run), feed-forward 64, a 128-token vocabulary; seq2seq types also have 2 decoder
+layers. transformers is imported only when a config is built, so importing this module (and the
+plugin) stays cheap.
 """
 
 from __future__ import annotations
@@ -11,13 +12,26 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["EXAMPLE_CONFIGS", "example_config"]
+__all__ = ["EXAMPLE_CONFIGS", "EXAMPLE_INPUTS", "example_config"]
 
 _SMALL: dict[str, Any] = {
     "hidden_size": 32,
     "num_hidden_layers": 2,
     "num_attention_heads": 4,
     "intermediate_size": 64,
+    "vocab_size": 128,
+    "max_position_embeddings": 64,
+}
+
+#: BART-style seq2seq sizes: 2 encoder and 2 decoder layers, 4 heads, hidden 32, feed-forward 64.
+_SEQ2SEQ: dict[str, Any] = {
+    "d_model": 32,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+    "encoder_ffn_dim": 64,
+    "decoder_ffn_dim": 64,
     "vocab_size": 128,
     "max_position_embeddings": 64,
 }
@@ -86,16 +100,56 @@ _OVERRIDES: dict[str, dict[str, Any]] = {
     "tapas": {},
     "xlm-roberta": {},
     "xlm-roberta-xl": {},
+    # Seq2seq models (their own field names, instead of _SMALL): the default special tokens fit the small
+    # vocabulary except where set here.
+    "bart": dict(_SEQ2SEQ),
+    "mbart": dict(_SEQ2SEQ),
+    "marian": {**_SEQ2SEQ, "pad_token_id": 1, "decoder_start_token_id": 1, "eos_token_id": 2},
+    "m2m_100": dict(_SEQ2SEQ),
+    "pegasus": dict(_SEQ2SEQ),
+    "blenderbot": dict(_SEQ2SEQ),
+    "blenderbot-small": dict(_SEQ2SEQ),
+    "plbart": dict(_SEQ2SEQ),
+    # Full attention (the block-sparse default is refused); gelu_new, so never the fused kernel.
+    "bigbird_pegasus": {**_SEQ2SEQ, "attention_type": "original_full"},
+    # Time-first layers; separate source and target vocabularies.
+    "fsmt": {
+        **{k: v for k, v in _SEQ2SEQ.items() if k != "vocab_size"},
+        "langs": ["en", "de"],
+        "src_vocab_size": 128,
+        "tgt_vocab_size": 128,
+    },
+    "prophetnet": {
+        "hidden_size": 32,
+        "num_encoder_layers": 2,
+        "num_decoder_layers": 2,
+        "num_encoder_attention_heads": 4,
+        "num_decoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "vocab_size": 128,
+        "max_position_embeddings": 64,
+        "num_buckets": 8,
+        "relative_max_distance": 16,
+    },
     # One layer group shared by both layers; default activation gelu_new (no fused kernel).
     "albert": {"embedding_size": 16, "num_hidden_groups": 1, "inner_group_num": 1},
 }
+
+
+#: Types whose overrides name every size in the config's own fields, instead of adding to ``_SMALL``.
+_OWN_FIELD_NAMES = frozenset(
+    {"distilbert", "bart", "mbart", "marian", "m2m_100", "pegasus", "blenderbot", "blenderbot-small", "plbart"}
+    | {"bigbird_pegasus", "fsmt", "prophetnet"}
+)
 
 
 def example_config(model_type: str, **overrides: Any) -> Any:
     """A small config of ``model_type`` (random weights once a model is built from it)."""
     from transformers import AutoConfig
 
-    kwargs = dict(_OVERRIDES[model_type]) if model_type == "distilbert" else {**_SMALL, **_OVERRIDES[model_type]}
+    own_names = model_type in _OWN_FIELD_NAMES
+    kwargs = dict(_OVERRIDES[model_type]) if own_names else {**_SMALL, **_OVERRIDES[model_type]}
     kwargs.update(overrides)
     return AutoConfig.for_model(model_type, **kwargs)
 
@@ -111,3 +165,21 @@ def _factory(model_type: str) -> Callable[[], Any]:
 
 #: model_type -> zero-argument callable returning its small config.
 EXAMPLE_CONFIGS: dict[str, Callable[[], Any]] = {model_type: _factory(model_type) for model_type in _OVERRIDES}
+
+
+def _float_mask_inputs(config: Any, batch_size: int) -> dict[str, Any]:
+    """The kit's default padded batch, with the attention mask as float 1.0/0.0.
+
+    ProphetNet's encoder builds its additive mask as ``(1.0 - attention_mask) * finfo(model dtype).min``:
+    with an integer mask that product is float32, where float64's minimum overflows to -inf and the
+    real tokens' ``0 * -inf`` is NaN, so the original cannot run in float64 on an integer mask. A float
+    mask is cast to float64 with the model, and the same mask in float32 gives what an integer one gives.
+    """
+    from bt_core.testing.examples import default_inputs
+
+    inputs = default_inputs(config, batch_size)
+    return {**inputs, "attention_mask": inputs["attention_mask"].float()}
+
+
+#: model_type -> ``(config, batch_size) -> inputs`` where the kit's default batch does not fit.
+EXAMPLE_INPUTS: dict[str, Callable[[Any, int], dict[str, Any]]] = {"prophetnet": _float_mask_inputs}

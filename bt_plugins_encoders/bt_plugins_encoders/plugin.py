@@ -1,4 +1,5 @@
-"""Entry point of bt-plugins-encoders: the BERT family of text encoders.
+"""Entry point of bt-plugins-encoders: the BERT family of text encoders, and the encoder half of T5 and
+the BART family of seq2seq models.
 
 Light on purpose: adapters are named as strings and imported only when a model is converted, and
 the example configs import transformers only when called.
@@ -11,9 +12,10 @@ import os
 
 from bt_core import LayerMapping, hookimpl
 
-from .examples import EXAMPLE_CONFIGS
+from .examples import EXAMPLE_CONFIGS, EXAMPLE_INPUTS
 
 _ADAPTERS = "bt_plugins_encoders.adapters"
+_SEQ2SEQ = "bt_plugins_encoders.seq2seq"
 
 
 def _if_transformers_has(model_dir: str, *entries: tuple[str, str, str]) -> tuple[tuple[str, str, str], ...]:
@@ -56,6 +58,18 @@ LAYERS: tuple[tuple[str, str, str], ...] = (
     ("tapas", "TapasLayer", "TupleBertLayerAdapter"),
     ("xlm-roberta", "XLMRobertaLayer", "BertLayerAdapter"),
     ("xlm-roberta-xl", "XLMRobertaXLLayer", "XLMRobertaXLLayerAdapter"),
+    # Seq2seq models: their encoder layers convert, their decoders stay the model's own.
+    ("bart", "BartEncoderLayer", f"{_SEQ2SEQ}:BartEncoderLayerAdapter"),
+    ("bigbird_pegasus", "BigBirdPegasusEncoderLayer", f"{_SEQ2SEQ}:BigBirdPegasusEncoderLayerAdapter"),
+    ("blenderbot", "BlenderbotEncoderLayer", f"{_SEQ2SEQ}:MBartEncoderLayerAdapter"),
+    ("blenderbot-small", "BlenderbotSmallEncoderLayer", f"{_SEQ2SEQ}:BartEncoderLayerAdapter"),
+    ("fsmt", "EncoderLayer", "bt_plugins_encoders.fsmt:FSMTEncoderLayerAdapter"),
+    ("m2m_100", "M2M100EncoderLayer", f"{_SEQ2SEQ}:MBartEncoderLayerAdapter"),
+    ("marian", "MarianEncoderLayer", f"{_SEQ2SEQ}:BartEncoderLayerAdapter"),
+    ("mbart", "MBartEncoderLayer", f"{_SEQ2SEQ}:MBartEncoderLayerAdapter"),
+    ("pegasus", "PegasusEncoderLayer", f"{_SEQ2SEQ}:MBartEncoderLayerAdapter"),
+    ("plbart", "PLBartEncoderLayer", f"{_SEQ2SEQ}:BartEncoderLayerAdapter"),
+    ("prophetnet", "ProphetNetEncoderLayer", "bt_plugins_encoders.prophetnet:ProphetNetEncoderLayerAdapter"),
 )
 
 #: Model classes of the example configs where ``AutoModel`` would build more than the encoder.
@@ -63,6 +77,18 @@ EXAMPLE_MODEL_CLASSES: dict[str, str] = {
     "t5": "transformers:T5EncoderModel",  # AutoModel builds the seq2seq T5Model, decoder included
     "mt5": "transformers:MT5EncoderModel",
     "umt5": "transformers:UMT5EncoderModel",
+    # Seq2seq types: AutoModel builds encoder and decoder (outputs the decoder's states); the encoder alone.
+    "bart": "transformers.models.bart.modeling_bart:BartEncoder",
+    "bigbird_pegasus": "transformers.models.bigbird_pegasus.modeling_bigbird_pegasus:BigBirdPegasusEncoder",
+    "blenderbot": "transformers.models.blenderbot.modeling_blenderbot:BlenderbotEncoder",
+    "blenderbot-small": "transformers.models.blenderbot_small.modeling_blenderbot_small:BlenderbotSmallEncoder",
+    "fsmt": "bt_plugins_encoders.fsmt:FSMTEncoderModel",  # transformers has no FSMT encoder model
+    "m2m_100": "transformers.models.m2m_100.modeling_m2m_100:M2M100Encoder",
+    "marian": "transformers.models.marian.modeling_marian:MarianEncoder",
+    "mbart": "transformers.models.mbart.modeling_mbart:MBartEncoder",
+    "pegasus": "transformers.models.pegasus.modeling_pegasus:PegasusEncoder",
+    "plbart": "transformers.models.plbart.modeling_plbart:PLBartEncoder",
+    "prophetnet": "transformers.models.prophetnet.modeling_prophetnet:ProphetNetEncoder",
 }
 
 
@@ -72,6 +98,8 @@ REFUSED: dict[str, str] = {
     "relative position embeddings), not plain scaled dot-product attention",
     "deberta-v2": "DeBERTa-v2/v3 uses disentangled attention (content-to-position and position-to-content "
     "scores with relative position embeddings), not plain scaled dot-product attention",
+    "led": "LED's encoder always uses Longformer's attention (a sliding window per token plus global tokens with "
+    "their own projections), not full scaled dot-product attention",
 }
 
 
@@ -89,6 +117,7 @@ def bt_register_layers() -> list[LayerMapping]:
             adapter if ":" in adapter else f"{_ADAPTERS}:{adapter}",  # "module:Class", or a class in ``adapters``
             example_config=EXAMPLE_CONFIGS[model_type],
             example_model_class=EXAMPLE_MODEL_CLASSES.get(model_type),
+            example_inputs=EXAMPLE_INPUTS.get(model_type),
         )
         for model_type, layer_class, adapter in LAYERS
     ]

@@ -23,6 +23,14 @@ from bt_core.registry import PluginRegistry, set_default_registry
 ATOL = 1e-5
 STRATEGIES = ("default", "fused", "packed", "dense")
 
+#: BART-family seq2seq types: their example model is the encoder alone (the shared suites read
+#: ``last_hidden_state``, ``hidden_states``, ``attentions`` of an encoder); the whole
+#: ``...ForConditionalGeneration`` (logits, ``generate``) is tested in test_seq2seq.py.
+SEQ2SEQ_TYPES = frozenset(
+    {"bart", "bigbird_pegasus", "blenderbot", "blenderbot-small", "fsmt", "m2m_100", "marian", "mbart"}
+    | {"pegasus", "plbart", "prophetnet"}
+)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -187,7 +195,7 @@ def zero_dropout_overrides(case: Case) -> dict[str, float]:
     return {
         key: 0.0
         for key, value in config.to_dict().items()
-        if "dropout" in key and isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ("dropout" in key or "layerdrop" in key) and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
 
 
