@@ -3,7 +3,7 @@ plugins are found through their entry points.
 
     nox                      # everything CI runs
     nox -s core              # bt-core alone: no plugin, conversion fails with a clear error
-    nox -s encoders vision   # each pack alone
+    nox -s encoders vision audio   # each pack alone
     nox -s "all(transformers='5.10.2')"   # the oldest transformers release we declare
 """
 
@@ -55,6 +55,13 @@ def vision(session: nox.Session) -> None:
 
 
 @nox.session(python="3.11")
+def audio(session: nox.Session) -> None:
+    """bt-core plus the speech-encoder pack alone, found through its entry point."""
+    _install(session, ".", "./bt_plugins_audio")
+    _pytest(session, "tests/audio", "tests/test_installation.py", expect_plugins="audio")
+
+
+@nox.session(python="3.11")
 @nox.parametrize("transformers", [TRANSFORMERS_OLDEST, TRANSFORMERS_NEWEST])
 def all(session: nox.Session, transformers: str) -> None:
     """Everything installed, the whole suite (tests/surroundings included), on the oldest and newest
@@ -64,12 +71,13 @@ def all(session: nox.Session, transformers: str) -> None:
         ".",
         "./bt_plugins_encoders",
         "./bt_plugins_vision",
+        "./bt_plugins_audio",
         "./examples/bt-plugin-example",
         REAL_WEIGHTS,
         *SURROUNDINGS,
         transformers=transformers,
     )
-    _pytest(session, "tests", "examples/bt-plugin-example/tests", expect_plugins="encoders,vision,example")
+    _pytest(session, "tests", "examples/bt-plugin-example/tests", expect_plugins="encoders,vision,audio,example")
 
 
 @nox.session(python="3.11")

@@ -9,8 +9,12 @@ KNOWN_PACKS: dict[str, frozenset[str]] = {
     "bt-plugins-encoders": frozenset(
         {
             "albert",
+            "bart",
             "bert",
             "bert-generation",
+            "bigbird_pegasus",
+            "blenderbot",
+            "blenderbot-small",
             "camembert",
             "data2vec-text",
             "distilbert",
@@ -18,13 +22,20 @@ KNOWN_PACKS: dict[str, frozenset[str]] = {
             "ernie",
             "esm",
             "eurobert",
+            "fsmt",
             "gte",
             "layoutlm",
+            "m2m_100",
+            "marian",
             "markuplm",
+            "mbart",
             "modernbert",
             "mpnet",
             "mt5",
             "nomic_bert",
+            "pegasus",
+            "plbart",
+            "prophetnet",
             "rembert",
             "roberta",
             "roc_bert",
@@ -54,6 +65,16 @@ KNOWN_PACKS: dict[str, frozenset[str]] = {
             "vit_mae",
             "vit_msn",
             "yolos",
+        }
+    ),
+    "bt-plugins-audio": frozenset(
+        {
+            "data2vec-audio",
+            "hubert",
+            "speech_to_text",
+            "wav2vec2",
+            "wavlm",
+            "whisper",
         }
     ),
 }

@@ -38,6 +38,7 @@ from ._declare import DeclaringLayer
 from ._engine import run_layer
 from ._hf_compat import output_capture_requested, reinstall_output_capture, without_capture_hooks
 from ._masks import add_causal
+from ._math import project_qkv
 from ._restore import FUSED_PARAMETERS
 from .errors import UnsupportedModelError
 
@@ -163,6 +164,11 @@ class BetterTransformerBaseLayer(DeclaringLayer):
     @property
     def attention_head_dim(self) -> int:
         return int(self.head_dim or int(self.embed_dim) // int(self.num_heads))  # type: ignore[arg-type]
+
+    def project_qkv(self, tokens: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q ``(..., heads, head_dim)`` and k, v ``(..., kv_heads, head_dim)`` of ``tokens`` ``(..., hidden)``,
+        projected as every strategy projects them (for an adapter that must return attention scores)."""
+        return project_qkv(self, tokens)
 
     def branch_dropout(self, branch: str) -> float:
         """The dropout probability on the output of ``branch`` (``"attention"`` or ``"feed_forward"``)."""

@@ -19,7 +19,6 @@ import torch
 from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, PackedTokens
-from bt_core._math import project_qkv
 from bt_core.layer import LayerCall
 
 from .seq2seq import checked_activation
@@ -64,7 +63,7 @@ class ProphetNetEncoderLayerAdapter(BetterTransformerBaseLayer):
         tokens = call.hidden_states
         if isinstance(tokens, PackedTokens):
             tokens = tokens.padded()
-        q, k, _ = project_qkv(self, tokens)  # (batch, seq, heads, head_dim), as the reference path projects
+        q, k, _ = self.project_qkv(tokens)  # (batch, seq, heads, head_dim), as the reference path projects
         q = q.transpose(1, 2) / (q.shape[-1] ** 0.5)
         scores = torch.matmul(q, k.permute(0, 2, 3, 1))
         return scores if call.attention_mask is None else scores + call.attention_mask

@@ -1,0 +1,1 @@
+"""bt-plugins-audio: BetterTransformer adapters for speech encoders."""
