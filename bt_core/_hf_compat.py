@@ -60,8 +60,9 @@ def install_output_capture(owner: nn.Module, original_class: type, layer: Any) -
                 continue
             if key == "hidden_states" and spec.layer_name is None and issubclass(original_class, target):
                 captures.append(("layer", key, spec.index, spec.capture_initial_hidden_state))
-            elif key == "attentions" and _contains(layer.original_layer, target, spec.layer_name):
-                # ESM names the self-attention (layer_name="attention") to tell it from cross-attention.
+            elif key == "attentions" and _contains(layer.original_layer, target, spec.layer_name, layer._bt_path):
+                # ESM names the self-attention (layer_name="attention") to tell it from cross-attention;
+                # wav2vec2 names the stack (layer_name="encoder"), which only the layer's own path holds.
                 captures.append(("attention_probe", key, 1, True))
     layer.__dict__["_bt_output_captures"] = captures
     reinstall_output_capture(layer)
@@ -86,10 +87,12 @@ def without_capture_hooks(state: dict[str, Any]) -> dict[str, Any]:
     return state
 
 
-def _contains(module: nn.Module, target: type, layer_name: str | None = None) -> bool:
+def _contains(module: nn.Module, target: type, layer_name: str | None = None, path_in_model: str = "") -> bool:
     """Whether ``module`` holds a ``target``; with ``layer_name``, at a path naming it as transformers
-    matches it (``".attention."`` in the module's dotted path; the layer's own path precedes ours)."""
+    matches it (``".attention."`` in the dotted path from the model's root: ``path_in_model``, where
+    ``module`` sits, then the path inside it)."""
     wanted = None if layer_name is None else "." + layer_name.strip(".") + "."
     return any(
-        isinstance(m, target) and (wanted is None or wanted in f".{path}.") for path, m in module.named_modules()
+        isinstance(m, target) and (wanted is None or wanted in f".{path_in_model}.{path}.")
+        for path, m in module.named_modules()
     )

@@ -6,20 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from bt_plugins_audio.adapters import LEGACY_CALLS
 
 from .conftest import ARCHS, ATOL, Arch, assert_close_on_frames, convert_copy, frame_mask, run
 
 #: One of each layer family: post-norm, pre-norm, WavLM's gated bias, the seq2seq encoders.
 RECORDED = [a for a in ARCHS if a.id in {"wav2vec2", "hubert-stable", "wavlm", "speech_to_text", "whisper"}]
-
-
-#: transformers 5.2x records these models' attentions from attention modules under a path containing
-#: "encoder" (``OutputRecorder(..., layer_name="encoder")``); bt_core._hf_compat.install_output_capture matches
-#: that name inside the converted layer only, so nothing is recorded (a bt-core bug, reported).
-_NOT_RECORDED = pytest.mark.xfail(
-    not LEGACY_CALLS, reason="bt-core does not hook layer_name='encoder' attention recorders", strict=True
-)
 
 
 def _recorded(arch: Arch, what: str) -> tuple[object, object, torch.Tensor]:
@@ -39,11 +30,7 @@ def test_requested_hidden_states_match_original_on_real_frames(arch: Arch) -> No
         assert_close_on_frames(got, want, keep)
 
 
-@pytest.mark.parametrize(
-    "arch",
-    [pytest.param(a, id=a.id, marks=[_NOT_RECORDED] if a.id in {"wav2vec2", "hubert-stable", "wavlm"} else [])
-     for a in RECORDED],
-)  # fmt: skip
+@pytest.mark.parametrize("arch", RECORDED, ids=lambda a: a.id)
 def test_requested_attentions_match_original_between_real_frames(arch: Arch) -> None:
     """WavLM records head-averaged probabilities (broadcast to every head), as its attention computes them."""
     actual, expected, keep = _recorded(arch, "output_attentions")
