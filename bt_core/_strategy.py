@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ._hf_compat import output_capture_requested
 from ._masks import MaskLayout, is_right_padded
 from ._validate import kernel_blocker
 from .errors import BetterTransformerError
@@ -121,6 +122,9 @@ def _needs_padded_batch(layer: BetterTransformerBaseLayer, layout: MaskLayout) -
         return f"{type(layer).__name__} calls a quantized linear whose result depends on the whole padded input"
     if layer.reads_padded_positions:
         return f"{type(layer).__name__} declares that its model reads outputs at padded positions"
+    if output_capture_requested("hidden_states"):
+        # Every layer's output is recorded, padded positions included, as the original computes them.
+        return "hidden states were requested, and the original computes them at padded positions too"
     return None
 
 

@@ -224,8 +224,8 @@ class BetterTransformerBaseLayer(DeclaringLayer):
             call.hidden_states.requires_grad or any(p.requires_grad for p in self.parameters())
         ):
             return "autograd is recording gradients (run inference under torch.inference_mode() for the fast path)"
-        if call.output_attentions or output_capture_requested():
-            return "attentions or hidden states were requested"
+        if call.output_attentions or output_capture_requested("attentions"):
+            return "attention probabilities were requested"
         if call.head_mask is not None:
             return "a head mask was given"
         return None

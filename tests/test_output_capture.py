@@ -77,3 +77,22 @@ def test_a_copied_converted_model_records_outputs_too(tmp_path, how: str) -> Non
         torch.save(converted, tmp_path / "model.pt")
         clone = torch.load(tmp_path / "model.pt", weights_only=False)
     _assert_same_outputs(_outputs(clone), expected)
+
+
+def test_requested_hidden_states_take_a_fast_path_and_match_at_every_position() -> None:
+    """Hidden states alone (what 5.2x classification heads of speech models always ask for) run ``dense``,
+    which computes padded positions as the original does; attention probabilities need ``reference``."""
+    from bt_core._strategy import record_strategies
+
+    model = _bert()
+    with torch.inference_mode():
+        expected = model(IDS, attention_mask=MASK, output_hidden_states=True).hidden_states
+        converted = BetterTransformer.transform(model)
+        with record_strategies(set()) as ran:
+            actual = converted(IDS, attention_mask=MASK, output_hidden_states=True).hidden_states
+        with record_strategies(set()) as ran_with_attentions:
+            converted(IDS, attention_mask=MASK, output_hidden_states=True, output_attentions=True)
+    for got, want in zip(actual, expected, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)  # padded positions included
+    assert ran <= {"dense", "packed"} and "reference" not in ran
+    assert ran_with_attentions == {"reference"}

@@ -64,7 +64,7 @@ def test_inference_without_gradients_takes_a_fast_path() -> None:
     [
         ({"train": True}, "training mode"),
         ({"grad": True}, "autograd is recording gradients"),
-        ({"call": {"output_attentions": True}}, "attentions or hidden states were requested"),
+        ({"call": {"output_attentions": True}}, "attention probabilities were requested"),
         ({"call": {"head_mask": torch.ones(4)}}, "a head mask was given"),
     ],
     ids=["training", "autograd", "attentions", "head mask"],
