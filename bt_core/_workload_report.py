@@ -1,0 +1,115 @@
+"""Rows of ``bt bench --texts`` and what is made of them: accuracy, medians, the table and the JSON."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["Row", "format_table", "row_result", "score"]
+
+Run = Callable[[list[str]], Any]
+
+
+@dataclass
+class Row:
+    """One way of running the texts: its call on a batch (None when it cannot run), and what it measured."""
+
+    name: str
+    precision: str
+    run: Run | None
+    note: str = ""
+    status: str = "ok"  # ok, skipped (could not be set up), failed (raised while timed)
+    strategies: set[str] = field(default_factory=set)  # bt's execution strategies, for bt rows
+    samples: dict[str, list[float]] = field(default_factory=dict)  # order -> seconds per timed round
+    outputs: dict[str, list[Any]] = field(default_factory=dict)  # order -> per-batch outputs of the last pass
+    accuracy: dict[str, float] = field(default_factory=dict)  # order -> min cosine or max |difference|
+
+    def median(self, order: str) -> float | None:
+        values = self.samples.get(order)
+        return statistics.median(values) if values else None
+
+
+def score(kind: str, reference: list[Any], outputs: list[Any]) -> float:
+    """Min cosine over texts (embeddings) or max |difference| (logits) of ``outputs`` against ``reference``."""
+    import numpy as np
+
+    a = np.concatenate(reference).astype(np.float64)
+    b = np.concatenate(outputs).astype(np.float64)
+    if kind == "logits":
+        return float(np.abs(a - b).max())
+    norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    return float(((a * b).sum(axis=1) / norms).min())
+
+
+def row_result(row: Row, texts: int) -> dict[str, Any]:
+    """A row as it goes into the JSON: every timed round's seconds per order, medians, texts/s, accuracy."""
+    medians = {order: row.median(order) for order in row.samples}
+    return {
+        "name": row.name,
+        "precision": row.precision,
+        "status": row.status,
+        "note": row.note,
+        "strategies": sorted(row.strategies),
+        "samples_s": row.samples,
+        "median_s": medians,
+        "texts_per_s": {order: texts / s for order, s in medians.items() if s},
+        "accuracy": row.accuracy,
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The report printed at the end: settings, machine, padding per order, then one line per row."""
+    settings, machine, model = result["settings"], result["machine"], result["model"]
+    orders = result["orders"]
+    versions = ", ".join(
+        f"{name} {machine[name]}"
+        for name in ("torch", "transformers", "sentence-transformers", "onnxruntime", "openvino")
+        if machine.get(name)
+    )
+    threads = f"{machine['threads']} thread" + ("s" if machine["threads"] != 1 else "")
+    lines = [
+        f"{settings['texts']} texts from {settings['texts_file']}, batch {settings['batch_size']}, {threads}, "
+        f"{settings['clock']}-clock medians of {settings['runs']} rounds after {settings['warmup']} warm-up "
+        "(rows alternate within a round)",
+        f"model {model['folder']}: {model['source']}",
+        f"machine: {machine['cpu']}, {machine['cpu_count']} cores; {versions}",
+        "orders: " + "; ".join(f"{o['description']}, {o['padding_fraction']:.1%} padding" for o in orders.values()),
+        *[f"note: {note}" for note in model["notes"]],
+        "",
+    ]
+    reference = result["rows"][0]
+    metric = model["metric"]
+    header = ["row", "precision", *[f"{name} texts/s" for name in orders], metric, "note"]
+    table = [header]
+    for index, row in enumerate(result["rows"]):
+        cells = [row["name"], row["precision"]]
+        for order in orders:
+            rate = row["texts_per_s"].get(order)
+            base = reference["texts_per_s"].get(order)
+            cells.append(f"{rate:.1f} ({rate / base:.2f}x)" if rate and base else "-")
+        if index == 0:
+            cells.append("reference")
+        elif row["accuracy"]:
+            values = row["accuracy"].values()
+            worst = max(values) if model["kind"] == "logits" else min(values)
+            cells.append(f"{worst:.2e}" if model["kind"] == "logits" else f"{worst:.6f}")
+        else:
+            cells.append("-")
+        note = row["note"]
+        if row["strategies"]:
+            note = ("strategy " + "+".join(row["strategies"]) + ("; " + note if note else "")).strip()
+        cells.append(note)
+        table.append(cells)
+    widths = [max(len(r[i]) for r in table) for i in range(len(header) - 1)]
+    for r in table:
+        numeric = [cell.rjust(width) for cell, width in zip(r[2:-1], widths[2:], strict=True)]
+        left = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
+        lines.append("  ".join([*left, *numeric, r[-1]]).rstrip())
+    lines.append("")
+    lines.append(
+        f"texts/s: texts over the median seconds for all batches of an order, tokenization included; (x): against "
+        f"the first row; {metric}: worst over both orders against the first row, fp32, same order"
+    )
+    return "\n".join(lines)
