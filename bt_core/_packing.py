@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._buckets import BucketPlan, plan_buckets
 from ._masks import MaskLayout
 from ._math import expand_kv, layer_math, rotary_per_position, rotate, score_mask, window_keep
 
@@ -61,13 +60,6 @@ class Packing:
             elif length:
                 self.runs.append((start, 1, length, [row], query_only))
             start += length
-
-    def bucket_plan(self, device: torch.device) -> BucketPlan | None:
-        """Rows of close lengths grouped for one attention call each (see ``_buckets``); planned once per
-        batch, since the packing travels from layer to layer. None when grouping saves no call."""
-        if not hasattr(self, "_bucket_plan"):
-            self._bucket_plan = plan_buckets(self.runs, device)
-        return self._bucket_plan
 
     @property
     def positions(self) -> Tensor:
@@ -155,13 +147,9 @@ def _row_attention(layer: BetterTransformerBaseLayer, packing: Packing, call: La
         cos, sin = (t.reshape(batch * seq_len, -1).index_select(0, packing.index)[:, None, :]
                     for t in rotary_per_position(call.rotary, batch, seq_len))  # fmt: skip
 
-    plan = None if needs_positions else packing.bucket_plan(call.hidden_states.device)
-
     def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         if cos is not None and sin is not None:
             q, k = rotate(q, cos, sin, str(layer.rotary)), rotate(k, cos, sin, str(layer.rotary))
-        if plan is not None:
-            return _bucket_attention(layer, plan, q, k, v)
         heads, head_dim = q.shape[-2], q.shape[-1]
         contexts = []
         for start, rows, length, batch_rows, query_only in packing.runs:
@@ -188,21 +176,6 @@ def _row_attention(layer: BetterTransformerBaseLayer, packing: Packing, call: La
         return torch.cat(contexts) if contexts else q.new_empty(0, heads * head_dim)
 
     return attend
-
-
-def _bucket_attention(layer: BetterTransformerBaseLayer, plan: BucketPlan, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-    """Attention with one SDPA call per bucket of rows of close lengths, back in packed token order."""
-    heads, head_dim = q.shape[-2], q.shape[-1]
-    contexts = []
-    for bucket in plan.buckets:
-        bq, bk, bv = (
-            t.index_select(0, bucket.gather).unflatten(0, (bucket.rows, bucket.length)).transpose(1, 2)
-            for t in (q, k, v)
-        )
-        bk, bv = expand_kv(layer, bk, bv, head_axis=1)
-        context = F.scaled_dot_product_attention(bq, bk, bv, attn_mask=bucket.keep, scale=layer.score_scale)
-        contexts.append(context.transpose(1, 2).reshape(bucket.rows * bucket.length, heads * head_dim))
-    return torch.cat(contexts).index_select(0, plan.back)
 
 
 def _real_keys(length: int, device: torch.device) -> Tensor:
