@@ -80,7 +80,7 @@ def _run(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tensor, Te
         hidden_states, layout = unnest(hidden_states)
     if strategy is Strategy.REFERENCE:
         return _reference(layer, hidden_states, layout, call)
-    return _dense(layer, hidden_states, layout, call), None
+    return _dense(layer, hidden_states, layout, call, onednn=True), None
 
 
 #: Under torch.compile the layers run as they do eagerly: dynamo breaks the graph around each call.
@@ -123,7 +123,14 @@ def _heads_first(
     return q, k, v
 
 
-def _dense(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: MaskLayout, call: LayerCall) -> Tensor:
+def _dense(
+    layer: BetterTransformerBaseLayer,
+    hidden_states: Tensor,
+    layout: MaskLayout,
+    call: LayerCall,
+    *,
+    onednn: bool = False,
+) -> Tensor:
     rotary, keep = _padded_positions(layer, call, layout, hidden_states)
 
     def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
@@ -132,7 +139,7 @@ def _dense(layer: BetterTransformerBaseLayer, hidden_states: Tensor, layout: Mas
         context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=layer.score_scale)
         return context.transpose(1, 2).flatten(2)
 
-    return layer_math(layer, hidden_states, attend)
+    return layer_math(layer, hidden_states, attend, onednn=onednn)
 
 
 def _reference(

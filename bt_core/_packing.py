@@ -125,7 +125,7 @@ def packed(layer: BetterTransformerBaseLayer, call: LayerCall, layout: MaskLayou
     else:
         packing = Packing(layout, tuple(hidden_states.shape))
         tokens = packing.pack(hidden_states)
-    out = layer_math(layer, tokens, _row_attention(layer, packing, call))
+    out = layer_math(layer, tokens, _row_attention(layer, packing, call), onednn=True)
     return packing.unpack(out) if last else PackedTokens.wrap(out, packing)
 
 

@@ -394,3 +394,64 @@ def test_autocast_never_runs_the_fused_kernel(layer) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16), force_strategy("fused"):
         with pytest.raises(BetterTransformerError, match="autocast"):
             choose(layer, "right")
+
+
+@pytest.fixture
+def onednn_calls(monkeypatch: pytest.MonkeyPatch) -> list[torch.dtype]:
+    """The dtypes of every oneDNN linear the strategies call."""
+    from bt_core import _math
+
+    if not _math._ONEDNN_LINEAR:
+        pytest.skip("this torch build has no oneDNN linear")
+    calls: list[torch.dtype] = []
+    kernel = torch.ops.mkldnn._linear_pointwise
+
+    def spy(x: torch.Tensor, *args: object) -> torch.Tensor:
+        calls.append(x.dtype)
+        return kernel(x, *args)
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_linear_pointwise", spy)
+    return calls
+
+
+@pytest.mark.parametrize("strategy", ["packed", "dense"])
+def test_cpu_inference_projections_run_onednn_and_match_the_original(strategy: str, onednn_calls: list) -> None:
+    model, ids, mask = _bert_and_batch()
+    with torch.inference_mode():
+        expected = model(ids, attention_mask=mask).last_hidden_state
+        converted = BetterTransformer.transform(model, keep_original_model=True)
+        with force_strategy(strategy):
+            actual = converted(ids, attention_mask=mask).last_hidden_state
+    assert len(onednn_calls) == 2 * 4  # two layers: q/k/v, output, and the feed-forward's two linears
+    valid = mask.bool()
+    torch.testing.assert_close(actual[valid], expected[valid], atol=1e-5, rtol=0)
+
+
+def test_autocast_tracing_and_training_keep_aten_linears(onednn_calls: list) -> None:
+    """oneDNN's kernel is outside autocast's casting rules, unknown to exporters and has no autograd."""
+    model, ids, mask = _bert_and_batch()
+    converted = BetterTransformer.transform(model, keep_original_model=True)
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        converted(ids, attention_mask=mask)
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(_LastHidden(converted), (ids, mask), check_trace=False)
+    converted.train()(ids, attention_mask=mask).last_hidden_state.sum().backward()
+    assert onednn_calls == []
+
+
+class _LastHidden(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return self.model(ids, attention_mask=mask).last_hidden_state
+
+
+def _bert_and_batch() -> tuple[BertModel, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+    model = BertModel(config).eval()
+    mask = keep_mask("right").long()
+    return model, torch.randint(1, config.vocab_size, mask.shape), mask
