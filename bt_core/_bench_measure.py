@@ -84,8 +84,11 @@ def time_rounds(
 def gemm_probe(hidden: int, ffn: int, tokens: int, device: Any, dtype: Any) -> tuple[Callable[[], None], float]:
     """The four projection GEMMs of one layer (q/k/v, output, feed-forward in and out) on ``tokens``
     rows, bias-free, in the model's dtype: the work an exact implementation cannot avoid, at the
-    shapes it must run them. Returns the function and its FLOPs."""
+    shapes it must run them, with the fastest GEMM kernel bt has for them (oneDNN's on CPU where it
+    runs, else ``torch.mm``). Returns the function and its FLOPs."""
     import torch
+
+    from ._math import _matmul, onednn_allowed
 
     x = torch.randn(tokens, hidden, device=device, dtype=dtype)
     inner = torch.randn(tokens, ffn, device=device, dtype=dtype)
@@ -94,11 +97,14 @@ def gemm_probe(hidden: int, ffn: int, tokens: int, device: Any, dtype: Any) -> t
         for rows, cols in ((3 * hidden, hidden), (hidden, hidden), (ffn, hidden), (hidden, ffn))
     ]
 
+    onednn = onednn_allowed(x)
+
     def run() -> None:
-        torch.mm(x, weights[0].t())
-        torch.mm(x, weights[1].t())
-        torch.mm(x, weights[2].t())
-        torch.mm(inner, weights[3].t())
+        with torch.inference_mode():
+            _matmul(x, weights[0], None, onednn)
+            _matmul(x, weights[1], None, onednn)
+            _matmul(x, weights[2], None, onednn)
+            _matmul(inner, weights[3], None, onednn)
 
     return run, 2.0 * tokens * (4 * hidden * hidden + 2 * hidden * ffn)
 
