@@ -27,7 +27,17 @@ Attend = Callable[[Tensor, Tensor, Tensor], Tensor]
 #: MiniLM-shaped projections 1.1-1.4x faster than ``F.linear`` (MKL) in float32 at 1 thread, 1.2-1.7x at 2,
 #: with no packed copy of the weight. Inference on CPU only (no autograd, autocast or export support).
 _ONEDNN_LINEAR = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
-_ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _onednn_dtypes() -> tuple[torch.dtype, ...]:
+    """float32, and bfloat16 where the CPU computes it natively (elsewhere ``F.linear`` has its own path)."""
+    if not _ONEDNN_LINEAR:
+        return ()
+    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    return (torch.float32, torch.bfloat16) if supported is not None and supported() else (torch.float32,)
+
+
+_ONEDNN_DTYPES = _onednn_dtypes()
 
 #: Activations with an in-place kernel; inference applies them to the feed-forward's own buffer.
 _INPLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
