@@ -92,19 +92,14 @@ def padding_fraction(order: Order, attention_mask: Callable[[list[str]], Any]) -
 
 def machine_info(threads: int) -> dict[str, Any]:
     """What the numbers were measured on: CPU, core count, threads and the versions of every runtime."""
+    from ._bench_measure import cpu_name
+
     info: dict[str, Any] = {
         "python": platform.python_version(),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     for distribution in ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "openvino"):
         try:
             info[distribution] = importlib.metadata.version(distribution)

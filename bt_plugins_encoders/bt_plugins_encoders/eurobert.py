@@ -19,7 +19,8 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
 from bt_core.layer import LayerCall, find_submodule
 
-from .nomic_bert import check_activation_module, read_rotary, use_llama_linears
+from ._activation_check import check_activation
+from .nomic_bert import read_rotary, use_llama_linears
 
 __all__ = ["EuroBertLayerAdapter"]
 
@@ -55,8 +56,8 @@ class EuroBertLayerAdapter(BetterTransformerBaseLayer):
         self.embed_dim = int(config.hidden_size)
         self.head_dim = int(attention.head_dim)
         self.score_scale = float(attention.scaling)
-        self.activation = config.hidden_act
-        check_activation_module(layer, get("mlp.act_fn", "feed-forward activation"), self.activation)
+        act = get("mlp.act_fn", "feed-forward activation")
+        self.activation = check_activation(act, config.hidden_act, type(layer).__name__, "hidden_act")
         # Dropout only on the attention probabilities: the layer has none on its residual branches.
         self.attention_dropout = float(config.attention_dropout or 0.0)
 

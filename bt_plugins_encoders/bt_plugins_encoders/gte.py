@@ -20,7 +20,7 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, BetterTransformerError
 from bt_core.layer import LayerCall, find_submodule
 
-from .nomic_bert import check_activation_module
+from ._activation_check import check_activation
 
 __all__ = ["GteLayerAdapter"]
 
@@ -56,8 +56,8 @@ class GteLayerAdapter(BetterTransformerBaseLayer):
         self.embed_dim = int(config.hidden_size)
         self.head_dim = int(attention.head_dim)
         self.score_scale = float(attention.scaling)
-        self.activation = config.hidden_act
-        check_activation_module(layer, get("mlp.act_fn", "feed-forward activation"), self.activation)
+        act = get("mlp.act_fn", "feed-forward activation")
+        self.activation = check_activation(act, config.hidden_act, type(layer).__name__, "hidden_act")
         self.attention_dropout = float(config.attention_probs_dropout_prob)
         self.hidden_dropout = float(config.hidden_dropout_prob)
         # GteMLP drops out act(gate) * up before down_proj, inside the feed-forward branch.

@@ -36,7 +36,8 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, PackedTokens, UnsupportedModelError
 from bt_core.layer import LayerCall, find_submodule
 
-from .nomic_bert import check_activation_module, read_rotary
+from ._activation_check import check_activation
+from .nomic_bert import read_rotary
 
 __all__ = ["ModernBertLayerAdapter", "padding_of_sliding_mask"]
 
@@ -99,8 +100,8 @@ class ModernBertLayerAdapter(BetterTransformerBaseLayer):
         self.gated_half = "first"  # input, gate = Wi(x).chunk(2): act(input) * gate
         self.num_heads = int(config.num_attention_heads)
         self.embed_dim = int(config.hidden_size)
-        self.activation = config.hidden_activation
-        check_activation_module(layer, get("mlp.act", "feed-forward activation"), self.activation, "hidden_activation")
+        act = get("mlp.act", "feed-forward activation")
+        self.activation = check_activation(act, config.hidden_activation, type(layer).__name__, "hidden_activation")
 
         #: Read by ``ModernBertModel``'s loop to pick this layer's mask and rotary tables.
         self.attention_type: str = layer.attention_type

@@ -18,27 +18,11 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
 from bt_core.layer import LayerCall, find_submodule
 
-__all__ = ["NomicBertLayerAdapter", "check_activation_module", "read_rotary"]
+from ._activation_check import check_activation
+
+__all__ = ["NomicBertLayerAdapter", "read_rotary"]
 
 _PLUGIN = "bt-plugins-encoders"
-
-
-def check_activation_module(layer: nn.Module, module: nn.Module, name: Any, field: str = "hidden_act") -> None:
-    """Refuse when the feed-forward's activation module is not the one ``config.<field>`` names: the
-    config was edited after the model was built, and declaring its activation would compute another."""
-    from transformers.activations import ACT2FN
-
-    if not isinstance(name, str):
-        raise UnsupportedModelError(
-            f"{type(layer).__name__}: config.{field} is {name!r}, not an activation name; bt needs the name "
-            f"(e.g. 'silu') to compute it exactly. Set config.{field} to the transformers name of the activation."
-        )
-    if name in ACT2FN and type(module) is not type(ACT2FN[name]):
-        raise UnsupportedModelError(
-            f"{type(layer).__name__}: config.{field}={name!r}, but the layer computes {type(module).__name__}; the "
-            "config no longer describes the model (edited after it was built?). Rebuild the model from the "
-            "config, or set the field back to the activation the layer uses."
-        )
 
 
 def read_rotary(layer: BetterTransformerBaseLayer, kwargs: dict[str, Any]) -> tuple[Tensor, Tensor]:
@@ -89,8 +73,8 @@ class NomicBertLayerAdapter(BetterTransformerBaseLayer):
         self.embed_dim = int(config.hidden_size)
         self.head_dim = int(attention.head_dim)
         self.score_scale = float(attention.scaling)
-        self.activation = config.hidden_act
-        check_activation_module(layer, get("mlp.act_fn", "feed-forward activation"), self.activation)
+        act = get("mlp.act_fn", "feed-forward activation")
+        self.activation = check_activation(act, config.hidden_act, type(layer).__name__, "hidden_act")
         self.attention_dropout = float(config.attention_probs_dropout_prob or 0.0)
         # post_attention_dropout and post_mlp_dropout: both branches, before their residual add.
         self.hidden_dropout = float(config.hidden_dropout_prob or 0.0)

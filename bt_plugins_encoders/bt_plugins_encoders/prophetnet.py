@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, PackedTokens
 from bt_core.layer import LayerCall
 
-from .seq2seq import checked_activation
+from ._activation_check import check_activation
 
 __all__ = ["ProphetNetEncoderLayerAdapter"]
 
@@ -47,7 +47,10 @@ class ProphetNetEncoderLayerAdapter(BetterTransformerBaseLayer):
         self.norm_first = False
         self.num_heads = int(attention.num_attn_heads)
         self.embed_dim = self.num_heads * int(attention.head_dim)  # scores divided by sqrt(head_dim): the default
-        self.activation = checked_activation(feed_forward.activation_fn, config, self.bt_layer_name)
+        self.activation = check_activation(
+            feed_forward.activation_fn, getattr(config, "activation_function", None), self.bt_layer_name,
+            "activation_function",
+        )
         self.attention_dropout = float(attention.attention_dropout)
         self.attention_output_dropout = float(attention.dropout)  # inside the attention, after out_proj
         self.feed_forward_dropout = float(feed_forward.dropout)

@@ -26,31 +26,17 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
 from bt_core.layer import LayerCall, find_submodule
 
+from ._activation_check import check_activation
+
 __all__ = [
     "BartEncoderLayerAdapter",
     "BigBirdPegasusEncoderLayerAdapter",
     "MBartEncoderLayerAdapter",
     "Seq2SeqEncoderLayerAdapter",
-    "checked_activation",
     "clamp_float16",
 ]
 
 _PLUGIN = "bt-plugins-encoders"
-
-
-def checked_activation(module: nn.Module, config: Any, where: str) -> str:
-    """``config.activation_function``, checked against the activation module the layer calls (a config
-    edited after the model was built would otherwise declare the wrong activation)."""
-    from transformers.activations import ACT2FN
-
-    name = getattr(config, "activation_function", None)
-    if not isinstance(name, str) or name not in ACT2FN or type(ACT2FN[name]) is not type(module):
-        raise UnsupportedModelError(
-            f"{where}: config.activation_function={name!r}, but the layer computes {type(module).__name__}; the "
-            "config no longer describes the model. Rebuild the model from its config, or set activation_function "
-            "back to the activation the layer uses."
-        )
-    return name
 
 
 def clamp_float16(hidden_states: Tensor, *, always: bool) -> Tensor:
@@ -105,7 +91,9 @@ class Seq2SeqEncoderLayerAdapter(BetterTransformerBaseLayer):
         self.use_norms(norm1=get("self_attn_layer_norm"), norm2=get("final_layer_norm"))
         self.norm_first = self.NORM_FIRST
         self.num_heads, self.embed_dim = self.attention_shape(layer)
-        self.activation = checked_activation(layer.activation_fn, config, self.bt_layer_name)
+        self.activation = check_activation(
+            layer.activation_fn, getattr(config, "activation_function", None), self.bt_layer_name, "activation_function"
+        )
         self.attention_dropout = self.attention_dropout_of(layer)
         self.hidden_dropout = float(layer.dropout)
         self.feed_forward_inner_dropout = float(layer.activation_dropout) if self.DROPS_ACTIVATIONS else 0.0

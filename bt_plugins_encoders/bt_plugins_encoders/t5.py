@@ -24,6 +24,8 @@ from torch import Tensor, nn
 from bt_core import BetterTransformerBaseLayer, PackedTokens, UnsupportedModelError
 from bt_core.layer import LayerCall, find_submodule
 
+from ._activation_check import check_activation
+
 __all__ = ["T5BlockAdapter", "UMT5BlockAdapter"]
 
 _PLUGIN = "bt-plugins-encoders"
@@ -78,7 +80,9 @@ class T5BlockAdapter(BetterTransformerBaseLayer):
         self.embed_dim = int(attention.d_model)
         self.score_scale = 1.0  # T5 folds the scale into its initialisation: q.k is not divided by sqrt(d_kv)
         self.gated_half = "first" if gated else None  # act(wi_0(x)) * wi_1(x)
-        self.activation = _activation_name(dense.act, config, self.bt_layer_name)
+        self.activation = check_activation(
+            dense.act, getattr(config, "dense_act_fn", None), self.bt_layer_name, "dense_act_fn"
+        )
         # T5 drops out the attention probabilities, each branch's output and the feed-forward's activations.
         self.attention_dropout = float(attention.dropout)
         self.hidden_dropout = float(get("layer.0.dropout", "attention dropout").p)
@@ -143,18 +147,3 @@ def _clamp_like_t5(hidden_states: Tensor) -> Tensor:
     top = torch.finfo(torch.float16).max
     clamp = torch.where(torch.isinf(hidden_states).any(), top - 1000, top)
     return torch.clamp(hidden_states, min=-clamp, max=clamp)
-
-
-def _activation_name(module: nn.Module, config: Any, where: str) -> str:
-    """The transformers name of the feed-forward's activation: ``config.dense_act_fn``, checked against
-    the module the block actually calls (a config edited after the model was built would lie)."""
-    from transformers.activations import ACT2FN
-
-    name = getattr(config, "dense_act_fn", None)
-    if not isinstance(name, str) or name not in ACT2FN or type(ACT2FN[name]) is not type(module):
-        raise UnsupportedModelError(
-            f"{where}: config.dense_act_fn={name!r}, but the feed-forward computes {type(module).__name__}; "
-            "the config no longer describes the model. Rebuild the model from its config, or set dense_act_fn "
-            "back to the activation the block uses."
-        )
-    return name
