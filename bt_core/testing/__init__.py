@@ -14,7 +14,8 @@ pytest collects the subclass and runs every check once per :class:`bt_core.Layer
 registers (see :class:`AdapterConformance` for the list). The kit needs pytest; importing
 ``bt_core.testing`` itself stays cheap, and the pytest-free helpers live in
 :mod:`bt_core.testing.examples` (example models and inputs) and :mod:`bt_core.testing.compare`
-(comparing outputs); ``bt check`` uses them.
+(comparing outputs); ``bt check`` uses them. :func:`registry_with` makes a registry of exactly the
+plugins a test names the process default for the test.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
         new_example_config,
         zero_dropout,
     )
+    from .registries import registry_with
 
 __all__ = [
     "AdapterConformance",
@@ -43,6 +45,7 @@ __all__ = [
     "default_inputs",
     "example_inputs",
     "new_example_config",
+    "registry_with",
     "zero_dropout",
 ]
 
@@ -50,7 +53,12 @@ _LAZY = {
     "AdapterConformance": "._kit",
     "OutputDiff": ".compare",
     "compare_outputs": ".compare",
-    **{name: ".examples" for name in __all__ if name not in ("AdapterConformance", "OutputDiff", "compare_outputs")},
+    "registry_with": ".registries",
+    **{
+        name: ".examples"
+        for name in __all__
+        if name not in ("AdapterConformance", "OutputDiff", "compare_outputs", "registry_with")
+    },
 }
 
 

@@ -17,7 +17,8 @@ from torch import nn
 
 import bt_core
 from bt_core import BetterTransformer, BetterTransformerBaseLayer, BetterTransformerError
-from bt_core.registry import PluginRegistry, set_default_registry
+from bt_core.registry import PluginRegistry
+from bt_core.testing import registry_with
 from bt_plugins_audio import examples
 
 ATOL = 1e-5
@@ -188,13 +189,8 @@ def strategy_params(strategies: Sequence[str | None], archs: Sequence[Arch] = AR
 @pytest.fixture(autouse=True)
 def audio_registry() -> Iterator[PluginRegistry]:
     """A fresh registry holding only the audio plugin, the process default for one test."""
-    fresh = PluginRegistry(discover=False)
-    fresh.register(audio_plugin, "audio")
-    previous = set_default_registry(fresh)
-    try:
-        yield fresh
-    finally:
-        set_default_registry(previous)
+    with registry_with(audio_plugin, name="audio") as registry:
+        yield registry
 
 
 @pytest.fixture(autouse=True)

@@ -164,3 +164,20 @@ def test_an_unmarked_function_is_not_an_api_declaration() -> None:
     with pytest.raises(bt_core.PluginLoadError, match="does not declare the plugin API"):
         registry.register(Unmarked(), "unmarked")
     assert not registry.manager.has_plugin("unmarked")
+
+
+def test_registry_with_makes_exactly_the_named_plugins_the_default_and_restores_the_previous() -> None:
+    from bt_core.registry import default_registry
+    from bt_core.testing import registry_with
+
+    before = default_registry()
+    with pytest.raises(RuntimeError), registry_with(ToyPlugin(), name="one") as registry:
+        assert default_registry() is registry
+        assert [p.name for p in registry.plugins()] == ["one"]
+        raise RuntimeError("a failing test")
+    assert default_registry() is before
+    with registry_with(a=ToyPlugin(), b=ToyPlugin()) as registry:
+        assert sorted(p.name for p in registry.plugins()) == ["a", "b"]
+    with pytest.raises(TypeError, match="name= names a single positional plugin"):
+        with registry_with(ToyPlugin(), ToyPlugin(), name="x"):
+            pass

@@ -18,7 +18,8 @@ from bt_plugins_encoders.examples import example_config
 
 import bt_core
 from bt_core import BetterTransformer, BetterTransformerBaseLayer, BetterTransformerError
-from bt_core.registry import PluginRegistry, set_default_registry
+from bt_core.registry import PluginRegistry
+from bt_core.testing import registry_with
 
 ATOL = 1e-5
 STRATEGIES = ("default", "fused", "packed", "dense")
@@ -106,13 +107,8 @@ def strategy_params() -> list[Any]:
 @pytest.fixture(autouse=True, scope="module")
 def encoders_registry() -> Iterator[PluginRegistry]:
     """A registry holding only this pack, installed as bt's default for the module, then restored."""
-    registry = PluginRegistry(discover=False)
-    registry.register(encoders_plugin, "encoders")
-    previous = set_default_registry(registry)
-    try:
+    with registry_with(encoders_plugin, name="encoders") as registry:
         yield registry
-    finally:
-        set_default_registry(previous)
 
 
 @pytest.fixture(autouse=True)

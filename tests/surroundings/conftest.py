@@ -19,7 +19,8 @@ import transformers
 from torch import nn
 
 from bt_core import BetterTransformerBaseLayer
-from bt_core.registry import PluginRegistry, set_default_registry
+from bt_core.registry import PluginRegistry
+from bt_core.testing import registry_with
 
 ATOL = 1e-5
 #: Row lengths of the standard padded batch and its padded length; another layout of the same shape and
@@ -64,14 +65,8 @@ TINY_TEXT: dict[str, dict[str, Any]] = {
 @pytest.fixture(autouse=True)
 def both_packs() -> Iterator[PluginRegistry]:
     """A fresh registry holding both packs, bt's default for one test."""
-    registry = PluginRegistry(discover=False)
-    registry.register(encoders_plugin, "encoders")
-    registry.register(vision_plugin, "vision")
-    previous = set_default_registry(registry)
-    try:
+    with registry_with(encoders=encoders_plugin, vision=vision_plugin) as registry:
         yield registry
-    finally:
-        set_default_registry(previous)
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,8 @@ import transformers
 from torch import nn
 
 from bt_core import BetterTransformer, BetterTransformerBaseLayer
-from bt_core.registry import PluginRegistry, set_default_registry
+from bt_core.registry import PluginRegistry
+from bt_core.testing import registry_with
 
 ATOL = 1e-5
 BATCH = 3
@@ -24,13 +25,8 @@ BATCH = 3
 @pytest.fixture(autouse=True)
 def vision_registry() -> Iterator[PluginRegistry]:
     """A fresh registry holding only the vision plugin, the process default for one test."""
-    fresh = PluginRegistry(discover=False)
-    fresh.register(vision_plugin, "vision")
-    previous = set_default_registry(fresh)
-    try:
-        yield fresh
-    finally:
-        set_default_registry(previous)
+    with registry_with(vision_plugin, name="vision") as registry:
+        yield registry
 
 
 @pytest.fixture(autouse=True)
