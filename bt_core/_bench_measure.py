@@ -88,7 +88,7 @@ def gemm_probe(hidden: int, ffn: int, tokens: int, device: Any, dtype: Any) -> t
     runs, else ``torch.mm``). Returns the function and its FLOPs."""
     import torch
 
-    from ._math import _matmul, onednn_allowed
+    from ._math import matmul, onednn_allowed
 
     x = torch.randn(tokens, hidden, device=device, dtype=dtype)
     inner = torch.randn(tokens, ffn, device=device, dtype=dtype)
@@ -101,10 +101,10 @@ def gemm_probe(hidden: int, ffn: int, tokens: int, device: Any, dtype: Any) -> t
 
     def run() -> None:
         with torch.inference_mode():
-            _matmul(x, weights[0], None, onednn)
-            _matmul(x, weights[1], None, onednn)
-            _matmul(x, weights[2], None, onednn)
-            _matmul(inner, weights[3], None, onednn)
+            matmul(x, weights[0], None, onednn)
+            matmul(x, weights[1], None, onednn)
+            matmul(x, weights[2], None, onednn)
+            matmul(inner, weights[3], None, onednn)
 
     return run, 2.0 * tokens * (4 * hidden * hidden + 2 * hidden * ffn)
 

@@ -78,3 +78,28 @@ def unnest(hidden_states: Tensor) -> tuple[Tensor, MaskLayout]:
     if bool(key_keep.all()):
         return padded, NO_MASK
     return padded, MaskLayout(key_keep=key_keep, attend=key_keep[:, None, None, :], is_key_padding=True)
+
+
+def clamp_float16(hidden_states: Tensor, *, always: bool) -> Tensor:
+    """The float16 clamp many encoder layers end with (BART's family, Whisper, Speech2Text), on whatever
+    a strategy hands back: a padded batch, packed tokens or the fused path's nested batch.
+
+    ``always``: clamp every float16 output to ``max - 1000`` (pre-norm BART layers, Whisper); otherwise only
+    when some value is not finite (post-norm BART layers). Other dtypes are returned as they are. The check
+    for non-finite values sees what the strategy computed: real tokens only on the packed and fused paths.
+    """
+    if hidden_states.dtype != torch.float16:
+        return hidden_states
+    top = torch.finfo(torch.float16).max
+    if not hidden_states.is_nested:
+        if always:
+            return torch.clamp(hidden_states, min=-(top - 1000), max=top - 1000)
+        bound = torch.where(torch.isfinite(hidden_states).all(), top, top - 1000).to(torch.float16)
+        return torch.clamp(hidden_states, min=-bound, max=bound)  # finite values never exceed ``top``: no sync
+    # Nested tensors have no clamp: clamp each row, and keep what the next fused layer reads off the batch.
+    rows = hidden_states.unbind()
+    finite = always or bool(torch.stack([torch.isfinite(row).all() for row in rows]).all())
+    bound = top - 1000 if always or not finite else top
+    clamped = torch.nested.as_nested_tensor([torch.clamp(row, min=-bound, max=bound) for row in rows])
+    clamped.__dict__.update(hidden_states.__dict__)  # the fused path's bookkeeping (its padded shape) travels on
+    return clamped

@@ -21,12 +21,12 @@ _HOOK_NAME = "output_capturing_hook"
 _INSTALLED_FLAG = "_output_capturing_hooks_installed"
 
 
-def output_capture_requested(*keys: str) -> bool:
-    """Whether the running forward is recording any of ``keys`` (default: hidden states or attentions)."""
+def output_capture_requested(key: str) -> bool:
+    """Whether the running forward is recording ``key`` (``"hidden_states"`` or ``"attentions"``)."""
     if _capturing is None:
         return False
     collected = _capturing._active_collector.get()
-    return bool(collected) and any(key in collected for key in (keys or ("hidden_states", "attentions")))
+    return bool(collected) and key in collected
 
 
 def reset_output_capture(root: nn.Module) -> None:

@@ -46,7 +46,7 @@ _INPLACE_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
 }
 
 
-def _matmul(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tensor:
+def matmul(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tensor:
     """``x @ weight.T + bias``: oneDNN's kernel where ``onednn`` allows it (see ``_ONEDNN_LINEAR``)."""
     if onednn and weight.dtype == x.dtype and weight.is_contiguous():
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
@@ -54,14 +54,9 @@ def _matmul(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Ten
 
 
 def onednn_allowed(x: Tensor) -> bool:
-    """Whether projections of ``x`` may use oneDNN's linear: CPU, a dtype it computes natively, and no
-    autocast (which casts ``F.linear``'s inputs, and would not cast this kernel's)."""
-    return (
-        _ONEDNN_LINEAR
-        and x.device.type == "cpu"
-        and x.dtype in _ONEDNN_DTYPES
-        and not torch.is_autocast_enabled("cpu")
-    )
+    """Whether projections of ``x`` may use oneDNN's linear: on CPU, in a dtype it computes natively. Not
+    under autocast (which casts ``F.linear``'s inputs, and would not cast this kernel's): callers check."""
+    return _ONEDNN_LINEAR and x.device.type == "cpu" and x.dtype in _ONEDNN_DTYPES
 
 
 def linear(
@@ -71,7 +66,7 @@ def linear(
     wrapped modules called (a tuple when the role has several, e.g. q, k, v)."""
     modules = layer._bt_calls.get(role)
     if modules is None:
-        return _matmul(x, getattr(layer, f"{role}_weight"), getattr(layer, f"{role}_bias"), onednn)
+        return matmul(x, getattr(layer, f"{role}_weight"), getattr(layer, f"{role}_bias"), onednn)
     if len(modules) == 1:
         return modules[0](x)
     return tuple(module(x) for module in modules)
@@ -169,8 +164,8 @@ def _halves(layer: BetterTransformerBaseLayer, x: Tensor, onednn: bool) -> tuple
     weight, bias = layer.linear1_weight, layer.linear1_bias
     half = weight.shape[0] // 2
     return (
-        _matmul(x, weight[:half], None if bias is None else bias[:half], onednn),
-        _matmul(x, weight[half:], None if bias is None else bias[half:], onednn),
+        matmul(x, weight[:half], None if bias is None else bias[:half], onednn),
+        matmul(x, weight[half:], None if bias is None else bias[half:], onednn),
     )
 
 
@@ -195,7 +190,7 @@ def layer_math(
     # Under autocast a projection's output is in the low dtype and the residual is not: the original's
     # out-of-place add promotes, an in-place one would not, so autocast keeps everything out of place.
     in_place = regularise is None and not torch.is_autocast_enabled(tokens.device.type)
-    onednn = onednn and regularise is None and onednn_allowed(tokens)
+    onednn = onednn and in_place and onednn_allowed(tokens)  # in_place: no autograd, no autocast
     act = (_INPLACE_ACTIVATIONS.get(layer.activation) if in_place else None) or activation_function(layer.activation)
 
     def branch(output: Tensor, name: str, residual: Tensor) -> Tensor:

@@ -33,16 +33,24 @@ import torch
 from torch import Tensor, nn
 
 from . import _validate
-from ._activations import KERNEL_ACTIVATIONS
+from ._activations import KERNEL_ACTIVATIONS, check_activation
 from ._declare import DeclaringLayer
 from ._engine import run_layer
+from ._fused import clamp_float16
 from ._hf_compat import output_capture_requested, reinstall_output_capture, without_capture_hooks
 from ._masks import add_causal
 from ._math import project_qkv
 from ._restore import FUSED_PARAMETERS
 from .errors import UnsupportedModelError
 
-__all__ = ["FUSED_PARAMETERS", "BetterTransformerBaseLayer", "LayerCall", "find_submodule"]
+__all__ = [
+    "FUSED_PARAMETERS",
+    "BetterTransformerBaseLayer",
+    "LayerCall",
+    "check_activation",
+    "clamp_float16",
+    "find_submodule",
+]
 
 _warned: set[tuple[str, str]] = set()
 _building: ContextVar[tuple[str, str] | None] = ContextVar("bt_building", default=None)

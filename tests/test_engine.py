@@ -455,3 +455,22 @@ def _bert_and_batch() -> tuple[BertModel, torch.Tensor, torch.Tensor]:
     model = BertModel(config).eval()
     mask = keep_mask("right").long()
     return model, torch.randint(1, config.vocab_size, mask.shape), mask
+
+
+@pytest.mark.parametrize("always", [True, False], ids=["always", "after-overflow"])
+def test_the_float16_clamp_keeps_the_fused_paths_padded_shape_on_nested_rows(always: bool) -> None:
+    """The next fused layer unnests to the padded shape the batch carries; a clamp that rebuilt the nested
+    tensor without it would break the fused path of every clamping layer (Whisper, Speech2Text, BART)."""
+    from bt_core._fused import _PADDED_SHAPE
+    from bt_core.layer import clamp_float16
+
+    top = torch.finfo(torch.float16).max
+    rows = [torch.tensor([[top, 1.0]]), torch.tensor([[-top, 2.0], [3.0, 4.0]])]
+    rows = [row.to(torch.float16) for row in rows]
+    nested = torch.nested.nested_tensor(rows)
+    setattr(nested, _PADDED_SHAPE, (2, 2, 2))
+    clamped = clamp_float16(nested, always=always)
+    assert getattr(clamped, _PADDED_SHAPE) == (2, 2, 2)
+    # Nothing overflowed: only "always" clamps (to max - 1000, as float16 rounds it).
+    expected_top = torch.tensor(top - 1000, dtype=torch.float16).item() if always else top
+    assert [row.abs().max().item() for row in clamped.unbind()] == [expected_top, expected_top]

@@ -19,11 +19,10 @@ from __future__ import annotations
 import inspect
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
-from bt_core.layer import LayerCall
+from bt_core.layer import LayerCall, check_activation, clamp_float16
 from bt_core.layer import find_submodule as _find_submodule
 
 __all__ = ["LEGACY_CALLS", "SpeechEncoderLayerAdapter", "Wav2Vec2LayerAdapter", "Wav2Vec2StableLayerNormAdapter"]
@@ -46,20 +45,6 @@ LEGACY_CALLS = _legacy_call_convention()
 def find_submodule(layer: nn.Module, names: tuple[str, ...], what: str) -> nn.Module:
     """bt-core's weight lookup, naming this pack in its error."""
     return _find_submodule(layer, names, what, plugin=_PLUGIN)
-
-
-def activation_name(module: nn.Module, name: Any, where: str, field: str) -> str:
-    """``name`` (the config's activation) once checked against the module the layer actually calls: a
-    config edited after the model was built, or a callable in its place, would describe another layer."""
-    from transformers.activations import ACT2FN
-
-    if not isinstance(name, str) or name not in ACT2FN or type(ACT2FN[name]) is not type(module):
-        raise UnsupportedModelError(
-            f"{where}: config.{field}={name!r}, but the feed-forward computes {type(module).__name__}; bt converts "
-            f"named transformers activations only. Set config.{field} to the name of the activation the layer "
-            "uses (e.g. 'gelu') and rebuild the model."
-        )
-    return name
 
 
 def _dropout_p(module: Any) -> float:
@@ -97,7 +82,7 @@ class Wav2Vec2LayerAdapter(BetterTransformerBaseLayer):
         self.num_heads = int(attention.num_heads)
         self.embed_dim = int(attention.embed_dim)
         self.norm_first = self.NORM_FIRST
-        self.activation = activation_name(
+        self.activation = check_activation(
             feed_forward.intermediate_act_fn, getattr(config, "hidden_act", None), self.bt_layer_name, "hidden_act"
         )
         # Dropout: on the probabilities, after the attention output (the layer's own), inside the
@@ -158,7 +143,7 @@ class SpeechEncoderLayerAdapter(BetterTransformerBaseLayer):
                 f"{self.bt_layer_name}: its attention scales scores by {attention.scaling}, not head_dim ** -0.5; "
                 "upgrade bt-plugins-audio, or keep this model unconverted."
             )
-        self.activation = activation_name(
+        self.activation = check_activation(
             layer.activation_fn, getattr(config, "activation_function", None), self.bt_layer_name, "activation_function"
         )
         self.attention_dropout = float(attention.dropout)
@@ -166,15 +151,4 @@ class SpeechEncoderLayerAdapter(BetterTransformerBaseLayer):
         self.feed_forward_inner_dropout = float(layer.activation_dropout)
 
     def format_output(self, hidden_states: Tensor, attentions: Tensor | None, call: LayerCall) -> Any:
-        return super().format_output(clamp_float16(hidden_states), attentions, call)
-
-
-def clamp_float16(hidden_states: Tensor) -> Tensor:
-    """As Whisper's and Speech2Text's encoder layers do: float16 outputs clamped to ``max - 1000`` (always,
-    not only after an overflow). Every other dtype is returned as it is."""
-    if hidden_states.dtype != torch.float16:
-        return hidden_states
-    limit = torch.finfo(torch.float16).max - 1000
-    if hidden_states.is_nested:  # the fused path's nested batch: clamp each row
-        return torch.nested.nested_tensor([row.clamp(-limit, limit) for row in hidden_states.unbind()])
-    return torch.clamp(hidden_states, min=-limit, max=limit)
+        return super().format_output(clamp_float16(hidden_states, always=True), attentions, call)

@@ -17,9 +17,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
-from bt_core.layer import LayerCall, find_submodule
+from bt_core.layer import LayerCall, check_activation, find_submodule
 
-from ._activation_check import check_activation
 from .nomic_bert import read_rotary, use_llama_linears
 
 __all__ = ["EuroBertLayerAdapter"]

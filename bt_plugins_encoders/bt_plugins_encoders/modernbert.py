@@ -34,9 +34,8 @@ import torch
 from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, PackedTokens, UnsupportedModelError
-from bt_core.layer import LayerCall, find_submodule
+from bt_core.layer import LayerCall, check_activation, find_submodule
 
-from ._activation_check import check_activation
 from .nomic_bert import read_rotary
 
 __all__ = ["ModernBertLayerAdapter", "padding_of_sliding_mask"]

@@ -16,9 +16,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
-from bt_core.layer import LayerCall, find_submodule
-
-from ._activation_check import check_activation
+from bt_core.layer import LayerCall, check_activation, find_submodule
 
 __all__ = ["NomicBertLayerAdapter", "read_rotary"]
 

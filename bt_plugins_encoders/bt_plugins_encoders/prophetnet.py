@@ -19,9 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, PackedTokens
-from bt_core.layer import LayerCall
-
-from ._activation_check import check_activation
+from bt_core.layer import LayerCall, check_activation
 
 __all__ = ["ProphetNetEncoderLayerAdapter"]
 

@@ -20,49 +20,19 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, UnsupportedModelError
-from bt_core.layer import LayerCall, find_submodule
-
-from ._activation_check import check_activation
+from bt_core.layer import LayerCall, check_activation, clamp_float16, find_submodule
 
 __all__ = [
     "BartEncoderLayerAdapter",
     "BigBirdPegasusEncoderLayerAdapter",
     "MBartEncoderLayerAdapter",
     "Seq2SeqEncoderLayerAdapter",
-    "clamp_float16",
 ]
 
 _PLUGIN = "bt-plugins-encoders"
-
-
-def clamp_float16(hidden_states: Tensor, *, always: bool) -> Tensor:
-    """The float16 clamp these layers end with, on whatever the strategy hands back.
-
-    ``always``: the pre-norm layers clamp every float16 output to ``max - 1000``; otherwise (post-norm,
-    bigbird_pegasus) only when some value is not finite. A no-op in every other dtype. The check for
-    non-finite values sees the real tokens (the packed and fused strategies compute nothing else); the
-    original also sees padded positions, which differs only if a padded position overflows while a real
-    token holds a value within 1000 of float16's maximum, past a LayerNorm.
-    """
-    if hidden_states.dtype != torch.float16:
-        return hidden_states
-    top = torch.finfo(torch.float16).max
-    if hidden_states.is_nested:  # the fused kernel's rows: nested tensors have no clamp, so clamp each row
-        rows = hidden_states.unbind()
-        finite = torch.stack([torch.isfinite(row).all() for row in rows]).all()
-        bound = torch.tensor(top - 1000) if always else torch.where(finite, top, top - 1000)
-        bound = bound.to(device=rows[0].device, dtype=torch.float16)
-        clamped = torch.nested.as_nested_tensor([torch.clamp(row, min=-bound, max=bound) for row in rows])
-        clamped.__dict__.update(hidden_states.__dict__)  # what the fused strategy keeps on its nested batch
-        return clamped
-    if always:
-        return torch.clamp(hidden_states, min=-(top - 1000), max=top - 1000)
-    bound = torch.where(torch.isfinite(hidden_states).all(), top, top - 1000).to(torch.float16)
-    return torch.clamp(hidden_states, min=-bound, max=bound)  # finite values never exceed ``top``: no sync
 
 
 class Seq2SeqEncoderLayerAdapter(BetterTransformerBaseLayer):

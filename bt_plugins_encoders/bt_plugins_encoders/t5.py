@@ -22,9 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from bt_core import BetterTransformerBaseLayer, PackedTokens, UnsupportedModelError
-from bt_core.layer import LayerCall, find_submodule
-
-from ._activation_check import check_activation
+from bt_core.layer import LayerCall, check_activation, find_submodule
 
 __all__ = ["T5BlockAdapter", "UMT5BlockAdapter"]
 

@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 import torch
-from bt_plugins_audio.adapters import LEGACY_CALLS, clamp_float16
+from bt_plugins_audio.adapters import LEGACY_CALLS
 
 from bt_core import BetterTransformer
 from bt_core._strategy import record_strategies
+from bt_core.layer import clamp_float16
 from bt_plugins_audio import examples
 
 from .conftest import (
@@ -142,9 +143,9 @@ def test_the_float16_clamp_also_clamps_the_fused_paths_nested_batch_row_by_row()
     """The fused kernel hands back a nested tensor, which ``torch.clamp`` does not take: each row is clamped."""
     rows = [torch.full((3, 4), 6.5e4, dtype=torch.float16), torch.full((2, 4), -1.0, dtype=torch.float16)]
     rows[0][0, 0] = float("inf")
-    clamped = clamp_float16(torch.nested.nested_tensor(rows)).unbind()
+    clamped = clamp_float16(torch.nested.nested_tensor(rows), always=True).unbind()
     limit = float(torch.tensor(torch.finfo(torch.float16).max - 1000, dtype=torch.float16))
     assert [tuple(r.shape) for r in clamped] == [(3, 4), (2, 4)]
     assert bool((clamped[0] == limit).all()) and bool((clamped[1] == -1.0).all())
     wide = rows[0].float()
-    assert clamp_float16(wide) is wide  # float32 and wider: returned as they are
+    assert clamp_float16(wide, always=True) is wide  # float32 and wider: returned as they are

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import torch
 from bt_plugins_encoders.examples import example_config
-from bt_plugins_encoders.seq2seq import clamp_float16
 
 from bt_core import (
     BetterTransformer,
@@ -25,6 +24,7 @@ from bt_core import (
     force_strategy,
 )
 from bt_core._validate import kernel_blocker
+from bt_core.layer import clamp_float16
 
 ATOL = 1e-5
 LENGTHS = (11, 6, 3)
