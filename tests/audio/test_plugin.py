@@ -68,11 +68,26 @@ def test_nothing_is_refused_every_speech_encoder_the_pack_knows_converts() -> No
 
 
 def _refused(model: nn.Module, match: str) -> None:
+    """Refused before the first swap: no layer converted, the same weights, the same outputs."""
+    model.eval()
+    inputs = (examples.whisper_inputs if "input_features" in _input_names(model) else examples.waveform_inputs)(
+        model.config, 2
+    )
     before = clone_state(model)
+    with torch.inference_mode():
+        expected = model(**inputs).last_hidden_state
     with pytest.raises(UnsupportedModelError, match=match):
         BetterTransformer.transform(model)
     assert not converted_layers(model)
     state_dicts_identical(before, model.state_dict())
+    with torch.inference_mode():
+        assert torch.equal(model(**inputs).last_hidden_state, expected)
+
+
+def _input_names(model: nn.Module) -> tuple[str, ...]:
+    import inspect
+
+    return tuple(inspect.signature(model.forward).parameters)
 
 
 def test_mms_attention_adapters_are_refused_naming_the_config_field() -> None:

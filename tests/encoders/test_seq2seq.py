@@ -10,6 +10,7 @@ shows, and the refusals (LED, block-sparse BigBird-Pegasus).
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import pytest
@@ -236,18 +237,29 @@ def test_led_is_refused_naming_its_sliding_window_attention() -> None:
         max_decoder_position_embeddings=64,
         attention_window=8,
     )
-    model = LEDForConditionalGeneration(config)
+    model = LEDForConditionalGeneration(config).eval()
+    inputs = _batch(config, "right")
+    with torch.inference_mode():
+        expected = model(**inputs).logits
     with pytest.raises(UnsupportedModelError, match=r"'led' cannot be converted exactly: .*sliding window"):
         BetterTransformer.transform(model)
     assert not _converted(model)
+    with torch.inference_mode():
+        assert torch.equal(model(**inputs).logits, expected)
 
 
 def test_block_sparse_bigbird_pegasus_is_refused_naming_the_reason_and_the_way_to_full_attention() -> None:
     model = _build("bigbird_pegasus", attention_type="block_sparse", block_size=4, num_random_blocks=2)
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    # A copy to compare outputs with afterwards: on a sequence this short BigBird's own forward switches the
+    # model to full attention, so the refused model must not run before the refusal.
+    untouched = copy.deepcopy(model)
     with pytest.raises(UnsupportedModelError, match=r"block_sparse.*not full attention.*original_full"):
         BetterTransformer.transform(model)
     assert not _converted(model) and all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    inputs = _batch(model.config, "right")
+    with torch.inference_mode():
+        assert torch.equal(model(**inputs).logits, untouched(**inputs).logits)
 
 
 def test_converted_bigbird_pegasus_refuses_to_switch_to_block_sparse_attention() -> None:
