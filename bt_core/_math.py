@@ -9,6 +9,7 @@ only in the tokens they hand in (the padded batch, or the packed real tokens) an
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._activations import activation_function
+from ._autocast_weights import autocast_low_dtype, project
 
 if TYPE_CHECKING:
     from .layer import BetterTransformerBaseLayer
@@ -53,6 +55,25 @@ def matmul(x: Tensor, weight: Tensor, bias: Tensor | None, onednn: bool) -> Tens
     return F.linear(x, weight, bias)
 
 
+@dataclass(frozen=True)
+class Kernels:
+    """How one ``layer_math`` call computes declared projections: oneDNN's linear (float32/bf16
+    inference), or under CPU autocast (``autocast_low``) from the layer's cached low-precision casts."""
+
+    onednn: bool = False
+    autocast_low: torch.dtype | None = None
+
+    def matmul(
+        self, layer: BetterTransformerBaseLayer, key: str, x: Tensor, weight: Tensor, bias: Tensor | None
+    ) -> Tensor:
+        if self.autocast_low is not None:
+            return project(layer, key, x, weight, bias, self.autocast_low)
+        return matmul(x, weight, bias, self.onednn)
+
+
+PLAIN = Kernels()
+
+
 def onednn_allowed(x: Tensor) -> bool:
     """Whether projections of ``x`` may use oneDNN's linear: on CPU, in a dtype it computes natively. Not
     under autocast (which casts ``F.linear``'s inputs, and would not cast this kernel's): callers check."""
@@ -60,24 +81,26 @@ def onednn_allowed(x: Tensor) -> bool:
 
 
 def linear(
-    layer: BetterTransformerBaseLayer, role: str, x: Tensor, onednn: bool = False
+    layer: BetterTransformerBaseLayer, role: str, x: Tensor, kernels: Kernels = PLAIN
 ) -> Tensor | tuple[Tensor, ...]:
-    """``role``'s projection of ``x``: the declared weight (through oneDNN when ``onednn``), or the
-    wrapped modules called (a tuple when the role has several, e.g. q, k, v)."""
+    """``role``'s projection of ``x``: the declared weight (through ``kernels``), or the wrapped modules
+    called (a tuple when the role has several, e.g. q, k, v)."""
     modules = layer._bt_calls.get(role)
     if modules is None:
-        return matmul(x, getattr(layer, f"{role}_weight"), getattr(layer, f"{role}_bias"), onednn)
+        return kernels.matmul(layer, role, x, getattr(layer, f"{role}_weight"), getattr(layer, f"{role}_bias"))
     if len(modules) == 1:
         return modules[0](x)
     return tuple(module(x) for module in modules)
 
 
-def project_qkv(layer: BetterTransformerBaseLayer, x: Tensor, onednn: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def project_qkv(
+    layer: BetterTransformerBaseLayer, x: Tensor, kernels: Kernels = PLAIN
+) -> tuple[Tensor, Tensor, Tensor]:
     """q ``(..., heads, head_dim)`` and k, v ``(..., kv_heads, head_dim)`` of the tokens ``x``."""
     heads = int(layer.num_heads)  # type: ignore[arg-type]
     kv_heads = int(layer.num_kv_heads or heads)
     head_dim = layer.attention_head_dim
-    projected = linear(layer, "in_proj", x, onednn)
+    projected = linear(layer, "in_proj", x, kernels)
     if isinstance(projected, tuple):
         q, k, v = projected
     else:
@@ -151,7 +174,7 @@ def norm(layer: BetterTransformerBaseLayer, which: str, x: Tensor) -> Tensor:
     return weight * ((upcast if kind == "rms" else x) * torch.rsqrt(variance + eps)).to(x.dtype)
 
 
-def _halves(layer: BetterTransformerBaseLayer, x: Tensor, onednn: bool) -> tuple[Tensor, Tensor]:
+def _halves(layer: BetterTransformerBaseLayer, x: Tensor, kernels: Kernels) -> tuple[Tensor, Tensor]:
     """The two halves of a gated feed-forward's ``linear1`` output, each its own contiguous tensor: two
     GEMMs on the halves of the weight (views, no copy) run faster on CPU than one of twice the width
     followed by strided reads (GTE at BERT-base size: 0.97x of transformers without padding, 1.0x with)."""
@@ -164,8 +187,8 @@ def _halves(layer: BetterTransformerBaseLayer, x: Tensor, onednn: bool) -> tuple
     weight, bias = layer.linear1_weight, layer.linear1_bias
     half = weight.shape[0] // 2
     return (
-        matmul(x, weight[:half], None if bias is None else bias[:half], onednn),
-        matmul(x, weight[half:], None if bias is None else bias[half:], onednn),
+        kernels.matmul(layer, "linear1[0]", x, weight[:half], None if bias is None else bias[:half]),
+        kernels.matmul(layer, "linear1[1]", x, weight[half:], None if bias is None else bias[half:]),
     )
 
 
@@ -185,34 +208,43 @@ def layer_math(
     it (the fast paths) residual adds and the activation run in place on buffers this function owns,
     never on ``tokens``: one pass over memory instead of an allocation and two passes, about 3% of a
     BERT-base layer on CPU. ``onednn`` (the packed and dense strategies, never tracing or export):
-    declared projections run oneDNN's linear where :func:`onednn_allowed`.
+    declared projections run oneDNN's linear where :func:`onednn_allowed`, and under CPU autocast from
+    the layer's cached low-precision weights (:mod:`._autocast_weights`).
     """
-    # Under autocast a projection's output is in the low dtype and the residual is not: the original's
-    # out-of-place add promotes, an in-place one would not, so autocast keeps everything out of place.
-    in_place = regularise is None and not torch.is_autocast_enabled(tokens.device.type)
-    onednn = onednn and in_place and onednn_allowed(tokens)  # in_place: no autograd, no autocast
-    act = (_INPLACE_ACTIVATIONS.get(layer.activation) if in_place else None) or activation_function(layer.activation)
+    own_buffers = regularise is None  # no autograd: the fast paths may write into buffers they made
+    autocasting = torch.is_autocast_enabled(tokens.device.type)
+    kernels = Kernels(
+        # oneDNN's float32 kernel would not cast its inputs as autocast casts F.linear's.
+        onednn=onednn and own_buffers and not autocasting and onednn_allowed(tokens),
+        autocast_low=autocast_low_dtype(tokens) if onednn and own_buffers else None,
+    )
+    act = (_INPLACE_ACTIVATIONS.get(layer.activation) if own_buffers else None) or activation_function(layer.activation)
+
+    def keeps_dtype(buffer: Tensor, other: Tensor) -> bool:
+        # An in-place op keeps ``buffer``'s dtype where the original's out-of-place op promotes: under
+        # autocast a projection's output is in the low dtype and the residual stream is not.
+        return own_buffers and torch.promote_types(buffer.dtype, other.dtype) == buffer.dtype
 
     def branch(output: Tensor, name: str, residual: Tensor) -> Tensor:
-        if regularise is None:
-            return output.add_(residual) if in_place else output + residual
-        return residual + regularise(output, name)
+        if regularise is not None:
+            return residual + regularise(output, name)
+        return output.add_(residual) if keeps_dtype(output, residual) else output + residual
 
     def attention_block(x: Tensor, residual: Tensor) -> Tensor:
-        context = attend(*project_qkv(layer, x, onednn))
-        return branch(linear(layer, "out_proj", context, onednn), "attention", residual)  # type: ignore[arg-type]
+        context = attend(*project_qkv(layer, x, kernels))
+        return branch(linear(layer, "out_proj", context, kernels), "attention", residual)  # type: ignore[arg-type]
 
     def feed_forward(x: Tensor, residual: Tensor) -> Tensor:
         if layer.gated_half is None:
-            inner = act(linear(layer, "linear1", x, onednn))  # type: ignore[arg-type]
+            inner = act(linear(layer, "linear1", x, kernels))  # type: ignore[arg-type]
         else:
-            first, second = _halves(layer, x, onednn)
+            first, second = _halves(layer, x, kernels)
             gate, up = (first, second) if layer.gated_half == "first" else (second, first)
             # In place on the gate's own buffer when allowed: no intermediate the size of ``up``.
-            inner = act(gate).mul_(up) if in_place else act(gate) * up
+            inner = act(gate).mul_(up) if keeps_dtype(gate, up) else act(gate) * up
         if regularise is not None:
             inner = regularise(inner, "feed_forward_inner")
-        return branch(linear(layer, "linear2", inner, onednn), "feed_forward", residual)  # type: ignore[arg-type]
+        return branch(linear(layer, "linear2", inner, kernels), "feed_forward", residual)  # type: ignore[arg-type]
 
     if layer.norm_first:
         x = attention_block(norm(layer, "norm1", tokens), tokens)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from . import _validate
 from ._activations import KERNEL_ACTIVATIONS, check_activation
+from ._autocast_weights import CACHE_ATTRIBUTE
 from ._declare import DeclaringLayer
 from ._engine import run_layer
 from ._fused import clamp_float16
@@ -260,8 +261,12 @@ class BetterTransformerBaseLayer(DeclaringLayer):
         return self.format_output(output, attentions, call)
 
     def __getstate__(self) -> dict[str, Any]:
-        # transformers' recording hooks are closures that pickle refuses; they are re-made on load.
-        return without_capture_hooks(self.__dict__)
+        # transformers' recording hooks are closures that pickle refuses; they are re-made on load. The
+        # autocast weight casts are a cache in oneDNN's opaque layout (no storage to save): remade on use.
+        state = without_capture_hooks(self.__dict__)
+        if CACHE_ATTRIBUTE in state:
+            state = {name: value for name, value in state.items() if name != CACHE_ATTRIBUTE}
+        return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)

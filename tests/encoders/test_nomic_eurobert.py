@@ -97,6 +97,27 @@ def test_batch_matches_original_on_real_tokens_under_every_strategy(case: Case, 
     _assert_close_on_real_tokens_and_position_zero(actual, expected, inputs["attention_mask"])
 
 
+@pytest.mark.parametrize("padding", PADDINGS)
+@pytest.mark.parametrize("case", CASES[::2])
+def test_autocast_inference_matches_the_original_under_the_same_autocast(case: Case, padding: str) -> None:
+    """The gated halves, RMSNorms and grouped heads under CPU autocast, on the fast path."""
+    from bt_core._engine import record_strategies
+
+    original = _model(case)
+    converted = BetterTransformer.transform(original, keep_original_model=True)
+    inputs = _batch(original.config, padding)
+    keep = inputs["attention_mask"].bool()
+    with torch.inference_mode():
+        full_precision = original(**inputs).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            expected = original(**inputs).last_hidden_state
+            with record_strategies(set()) as used:
+                actual = converted(**inputs).last_hidden_state
+    assert used <= {"packed", "dense"}
+    autocast_error = (expected.float() - full_precision)[keep].abs().max()
+    assert (actual.float() - expected.float())[keep].abs().max() <= autocast_error
+
+
 @pytest.mark.parametrize("padding", ("right", "left"))
 @pytest.mark.parametrize("case", CASES)
 def test_eager_attentions_additive_mask_is_read_as_padding(case: Case, padding: str) -> None:
