@@ -10,9 +10,9 @@ from collections.abc import Sequence
 _SUBCOMMANDS = {
     "demo": "bt_core.demo:add_parser",
     "bench": "bt_core.bench:add_parser",
-    "list": "bt_core.ops:add_list_parser",
-    "doctor": "bt_core.ops:add_doctor_parser",
-    "check": "bt_core.ops:add_check_parser",
+    "list": "bt_core._ops_list:add_list_parser",
+    "doctor": "bt_core._ops_doctor:add_doctor_parser",
+    "check": "bt_core._ops_check:add_check_parser",
 }
 
 
