@@ -47,6 +47,7 @@ class BenchOptions:
     eager: bool
     compile: str | None
     generate: int | None
+    profile: bool = False
 
 
 def run_options(model: str | Any, o: BenchOptions, say: Callable[[str], None]) -> dict[str, Any]:
@@ -100,6 +101,8 @@ def run_options(model: str | Any, o: BenchOptions, say: Callable[[str], None]) -
             row["padding"] = fraction if fixed is None else 1.0 - sum(fixed) / (o.batch * o.length)
             if whole is not None:
                 row["generate"] = generate_row(whole, converted_whole, inputs, row, o, measure, say, label)
+            if o.profile:
+                row["profile"] = _profile(run_converted, inputs, o)
             rows.append(row)
             say(f"{label}: bt {row['bt_s'] * 1e3:.1f} ms, {row['speedup_vs_sdpa']:.2f}x sdpa")
 
@@ -121,6 +124,18 @@ def run_options(model: str | Any, o: BenchOptions, say: Callable[[str], None]) -
         "conversion": {"seconds": conversion_s, "param_bytes_before": bytes_before, "param_bytes_after": bytes_after},
         "rows": rows,
     }
+
+
+def _profile(run_converted: Any, inputs: dict[str, Any], o: BenchOptions) -> dict[str, Any]:
+    """Where one untimed call of the converted model spends its time (``--profile``)."""
+    from ._bench_profile import profile_call
+    from ._engine import force_strategy
+
+    def call() -> None:
+        with force_strategy(o.strategy):
+            run_converted(**inputs)
+
+    return profile_call(call, o.device)
 
 
 def time_row(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from ._bench_profile import format_profile
+
 __all__ = ["command_args", "format_table"]
 
 
@@ -30,6 +32,8 @@ def command_args(settings: dict[str, Any]) -> list[str]:
         args.append(f"--compile {settings['compile']}")
     if settings.get("generate"):
         args.append(f"--generate {settings['generate']}")
+    if settings.get("profile"):
+        args.append("--profile")
     return args
 
 
@@ -80,6 +84,9 @@ def format_table(result: dict[str, Any]) -> str:
     for r in table:
         lines.append("  ".join(cell.rjust(width) for cell, width in zip(r, widths, strict=False)))
     lines += [_generate_line(row) for row in result["rows"] if "generate" in row]
+    lines += [
+        format_profile(f"{row['padding']:.0%} padding", row["profile"]) for row in result["rows"] if "profile" in row
+    ]
     return "\n".join(lines)
 
 

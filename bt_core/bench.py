@@ -125,8 +125,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="time the model on your own texts (one per line), as loaded, converted by bt and, when installed, "
         "on ONNX Runtime and OpenVINO; --model is then a local sentence-transformers or transformers folder",
     )
+    parser.add_argument("--batch-size", type=int, default=32, help="texts per batch with --texts (default: 32)")
     parser.add_argument(
-        "--batch-size", type=int, default=32, help="texts per batch with --texts (default: 32)"
+        "--profile",
+        action="store_true",
+        help="also profile one call of the converted model per row: the share of its time in projections, "
+        "attention, norms, activations, copies (what bt/roofline leaves open)",
     )
     parser.add_argument("--json", dest="json_path", default=None, metavar="PATH", help="also write results as JSON")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
@@ -171,6 +175,7 @@ def _main(args: argparse.Namespace) -> int:
             eager=not args.no_eager,
             compile_backend=args.compile,
             generate=args.generate,
+            profile=args.profile,
             json_path=args.json_path,
             progress=not args.quiet,
         )
@@ -198,6 +203,7 @@ def run_bench(
     eager: bool = True,
     compile_backend: str | None = None,
     generate: int | None = None,
+    profile: bool = False,
     json_path: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -211,7 +217,7 @@ def run_bench(
     after) and ``rows`` (one per padding fraction: median seconds of the converted, sdpa and eager
     models, tokens/s, speed-ups, the measured GEMM rate, roofline seconds and ratio, strategies used,
     and with ``generate`` a ``generate`` dict of times, speed-up, the encoder's share and whether the
-    tokens are identical).
+    tokens are identical); with ``profile``, a ``profile`` dict per row (see ``bt_core._bench_profile``).
     """
     import torch
 
@@ -247,6 +253,7 @@ def run_bench(
         eager=eager,
         compile=compile_backend,
         generate=generate,
+        profile=profile,
     )
     previous_threads = torch.get_num_threads()
     if threads:

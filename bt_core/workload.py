@@ -41,6 +41,8 @@ def main(args: argparse.Namespace) -> int:
             raise InputError(f"--device {device}: --texts compares CPU runtimes; drop --device")
         if getattr(args, "compile", None):
             raise InputError("--compile does not combine with --texts; time compiled models without --texts")
+        if getattr(args, "profile", False):
+            raise InputError("--profile does not combine with --texts; profile a model without --texts")
         if args.runs < 1 or args.warmup < 0:
             raise InputError("--runs must be at least 1 and --warmup at least 0")
     except InputError as exc:

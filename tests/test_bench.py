@@ -363,3 +363,29 @@ def test_command_line_lengths_and_generate(tmp_path: Path, capsys) -> None:
     assert "SHORTEST-LONGEST" in capsys.readouterr().err
     assert main(["bench", "--model", spec, "--length", "8", "--lengths", "3-9", "--runs", "1"]) == 1
     assert "longer than --length 8" in capsys.readouterr().err
+
+
+def test_profile_splits_the_converted_models_time_by_kind_of_work(tiny: Path) -> None:
+    from bt_core._bench_profile import KINDS, OTHER
+
+    result = bench.run_bench(str(tiny), batch=2, length=8, padding=[0.5], runs=1, warmup=0, eager=False,
+                             profile=True, progress=False)  # fmt: skip
+    (row,) = result["rows"]
+    shares = row["profile"]["shares"]
+    assert set(shares) <= {kind for kind, _ in KINDS} | {OTHER}
+    assert shares["projections (GEMM)"] > 0 and shares["attention"] > 0 and shares["norms"] > 0
+    assert sum(shares.values()) == pytest.approx(1.0)
+    assert "--profile" in result["settings"]["command"]
+    assert "profile at 50% padding" in bench.format_table(result)
+
+
+def test_profile_names_operators_by_the_work_they_do() -> None:
+    from bt_core._bench_profile import _kind
+
+    assert _kind("mkldnn::_linear_pointwise") == _kind("aten::addmm") == "projections (GEMM)"
+    assert _kind("aten::_scaled_dot_product_flash_attention_for_cpu") == "attention"
+    assert _kind("aten::native_layer_norm") == "norms"
+    assert _kind("aten::gelu_") == "activation"
+    assert _kind("aten::index_select") == _kind("aten::copy_") == "gather/scatter/copies"
+    assert _kind("aten::add_") == "residual adds, scaling"
+    assert _kind("aten::empty") == "other"

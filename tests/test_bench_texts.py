@@ -234,6 +234,14 @@ def test_bad_input_is_one_line_naming_it_before_loading_anything(
     assert err.startswith("bt bench: ") and named in err and fix in err
 
 
+@pytest.mark.parametrize("option", [["--compile", "inductor"], ["--profile"]], ids=["compile", "profile"])
+def test_options_of_the_synthetic_bench_are_refused_with_texts(option: list[str], texts: Path, capsys) -> None:
+    code = main(["bench", "--model", str(MINILM_DIR), "--texts", str(texts), *option])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(f"bt bench: {option[0]} does not combine with --texts")
+
+
 def test_the_benchmark_corpus_is_the_same_for_the_same_seed_and_long_tailed() -> None:
     from bt_core.make_texts import make_texts
 

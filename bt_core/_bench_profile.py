@@ -1,0 +1,61 @@
+"""``bt bench --profile``: where the converted model's time goes, by kind of work.
+
+One extra, untimed call of the converted model per table row runs under ``torch.profiler``; each
+operator's own time (not counting the operators it calls) goes to the first kind whose name pattern it
+matches. This is what the roofline ratio leaves open: how much of the gap to the GEMM-only time is
+attention, norms, activations or moving tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["KINDS", "format_profile", "profile_call"]
+
+#: (kind, substrings of the operator name), tried in order: SDPA's kernels before the GEMMs' names.
+KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "_transformer_encoder_layer")),
+    ("norms", ("layer_norm", "rms_norm", "rsqrt")),
+    ("activation", ("gelu", "relu", "silu", "tanh", "sigmoid")),
+    ("gather/scatter/copies", ("index", "copy", "cat", "nonzero", "nested", "contiguous", "clone")),
+    ("projections (GEMM)", ("linear", "addmm", "aten::mm", "bmm", "matmul", "baddbmm")),
+    ("residual adds, scaling", ("add", "mul", "div")),
+)
+OTHER = "other"
+
+
+def _kind(name: str) -> str:
+    for kind, patterns in KINDS:
+        if any(pattern in name for pattern in patterns):
+            return kind
+    return OTHER
+
+
+def profile_call(call: Callable[[], Any], device: Any) -> dict[str, Any]:
+    """Run ``call`` once under the profiler: ``{"total_ms": ..., "shares": {kind: fraction}}``, each
+    kind's share of the operators' own time (CPU time; on CUDA, device time)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.device(device).type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        call()
+        if cuda:
+            torch.cuda.synchronize()
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        own_us = event.self_device_time_total if cuda else event.self_cpu_time_total
+        if own_us > 0:
+            kind = _kind(event.key)
+            totals[kind] = totals.get(kind, 0.0) + own_us
+    total = sum(totals.values()) or 1.0
+    shares = {kind: totals[kind] / total for kind in sorted(totals, key=totals.__getitem__, reverse=True)}
+    return {"total_ms": total / 1e3, "shares": shares}
+
+
+def format_profile(label: str, result: dict[str, Any]) -> str:
+    """One line: ``label``'s kinds of work, largest first, as percentages of the profiled call."""
+    parts = ", ".join(f"{kind} {share:.0%}" for kind, share in result["shares"].items() if share >= 0.005)
+    return f"profile at {label} (bt's operators, own time, {result['total_ms']:.1f} ms profiled): {parts}"
