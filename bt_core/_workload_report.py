@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from ._bench_profile import format_profile
+
 __all__ = ["Row", "format_table", "row_result", "score"]
 
 Run = Callable[[list[str]], Any]
@@ -25,6 +27,8 @@ class Row:
     samples: dict[str, list[float]] = field(default_factory=dict)  # order -> seconds per timed round
     outputs: dict[str, list[Any]] = field(default_factory=dict)  # order -> per-batch outputs of the last pass
     accuracy: dict[str, float] = field(default_factory=dict)  # order -> min cosine or max |difference|
+    torch: bool = False  # runs in torch, where ``--profile`` can see its operators
+    profile: dict[str, Any] = field(default_factory=dict)  # order -> bt_core._bench_profile.profile_call's result
 
     def median(self, order: str) -> float | None:
         values = self.samples.get(order)
@@ -56,6 +60,7 @@ def row_result(row: Row, texts: int) -> dict[str, Any]:
         "median_s": medians,
         "texts_per_s": {order: texts / s for order, s in medians.items() if s},
         "accuracy": row.accuracy,
+        **({"profile": row.profile} if row.profile else {}),
     }
 
 
@@ -107,6 +112,9 @@ def format_table(result: dict[str, Any]) -> str:
         numeric = [cell.rjust(width) for cell, width in zip(r[2:-1], widths[2:], strict=True)]
         left = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
         lines.append("  ".join([*left, *numeric, r[-1]]).rstrip())
+    for row in result["rows"]:
+        for order, profiled in row.get("profile", {}).items():
+            lines.append(format_profile(f"{row['name']} ({row['precision']}), {order} order", profiled))
     lines.append("")
     lines.append(
         f"texts/s: texts over the median seconds for all batches of an order, tokenization included; (x): against "

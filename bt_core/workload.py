@@ -41,8 +41,6 @@ def main(args: argparse.Namespace) -> int:
             raise InputError(f"--device {device}: --texts compares CPU runtimes; drop --device")
         if getattr(args, "compile", None):
             raise InputError("--compile does not combine with --texts; time compiled models without --texts")
-        if getattr(args, "profile", False):
-            raise InputError("--profile does not combine with --texts; profile a model without --texts")
         if args.runs < 1 or args.warmup < 0:
             raise InputError("--runs must be at least 1 and --warmup at least 0")
     except InputError as exc:
@@ -55,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
         result = run_workload(
             texts, folder, orders, texts_file=args.texts, batch_size=args.batch_size, dtype=args.dtype,
             threads=args.threads, clock=args.clock, runs=args.runs, warmup=args.warmup, strategy=args.strategy,
-            quiet=args.quiet,
+            quiet=args.quiet, profile=getattr(args, "profile", False),
         )  # fmt: skip
     except (LoadError, BetterTransformerError, OSError) as exc:
         print(f"bt bench: {exc}", file=sys.stderr)
@@ -80,9 +78,10 @@ def run_workload(
     warmup: int = 1,
     strategy: str | None = None,
     quiet: bool = False,
+    profile: bool = False,
 ) -> dict[str, Any]:
     """Load, build every row, time them and return the result (``machine``, ``settings``, ``model``,
-    ``orders``, ``rows`` with raw samples and accuracy)."""
+    ``orders``, ``rows`` with raw samples and accuracy; with ``profile``, each torch row's ``profile``)."""
     import torch
 
     from ._workload_model import load_workload
@@ -100,6 +99,8 @@ def run_workload(
         with tempfile.TemporaryDirectory(prefix="bt-bench-") as scratch:
             rows = _build_rows(workload, texts, Path(scratch), dtype, threads, strategy, say)
             _time_rows(rows, orders, runs, warmup, clock, quiet)
+            if profile:
+                _profile_rows(rows, orders)
     finally:
         torch.set_num_threads(previous)
     reference = rows[0]
@@ -112,6 +113,7 @@ def run_workload(
     command = f"bt bench --model {folder} --texts {texts_file} --batch-size {batch_size}"
     command += f" --dtype {dtype} --threads {threads} --runs {runs} --warmup {warmup}"
     command += (f" --clock {clock}" if clock != "wall" else "") + (f" --strategy {strategy}" if strategy else "")
+    command += " --profile" if profile else ""
     order_info = {}
     for order in orders:
         fraction, real = padding_fraction(order, workload.attention_mask)
@@ -150,7 +152,7 @@ def _build_rows(
     original = workload.encoder if workload.encoder is not None else workload.model
     attention = getattr(workload.model.config, "_attn_implementation", None) or "default"
     front = "sentence-transformers" if workload.encoder is not None else "transformers"
-    rows = [Row(f"{front} as loaded ({attention} attention)", "fp32", run_torch(workload, original))]
+    rows = [Row(f"{front} as loaded ({attention} attention)", "fp32", run_torch(workload, original), torch=True)]
     low = getattr(torch, dtype) if dtype != "float32" else None
     short = _SHORT.get(dtype, dtype)
 
@@ -160,7 +162,7 @@ def _build_rows(
     converted_fp32: list[Any] = []  # the fp32 conversion, shared by the bt rows with and without autocast
 
     def bt_row(name: str, precision: str, cast: bool = False, under_autocast: bool = False) -> Row:
-        row = Row(name, precision, None)
+        row = Row(name, precision, None, torch=True)
         try:
             if cast:
                 converted = BetterTransformer.transform(copy.deepcopy(original).to(low))
@@ -205,7 +207,9 @@ def _build_rows(
     rows.append(runtime_row("OpenVINO", "fp32", ov, lambda: rt.openvino_row(export, threads, "f32")))
     if low is None:
         return rows
-    rows.append(Row(f"{front} under autocast", f"{short} autocast", run_torch(workload, original, autocast)))
+    rows.append(
+        Row(f"{front} under autocast", f"{short} autocast", run_torch(workload, original, autocast), torch=True)
+    )
     rows.append(bt_row("bt under autocast", f"{short} autocast", under_autocast=True))
     rows.append(bt_row(f"bt on the model .to({dtype})", short, cast=True))
     rows.append(runtime_row("OpenVINO", f"{short} hint", ov, lambda: rt.openvino_row(export, threads, short)))
@@ -231,6 +235,20 @@ def _time_rows(rows: list[Row], orders: list[Order], runs: int, warmup: int, clo
                     if row.run is not None:
                         _pass(row, order, timed, now)
                     bar.update(1)
+
+
+def _profile_rows(rows: list[Row], orders: list[Order]) -> None:
+    """``--profile``: one untimed pass of each torch row over each order under ``torch.profiler`` (the runtime
+    rows' work happens outside torch, where it cannot see)."""
+    from ._bench_profile import profile_call
+
+    for row in rows:
+        run = row.run
+        if run is None or not row.torch:
+            continue
+        for order in orders:
+            call = lambda run=run, batches=order.batches: [run(list(batch)) for batch in batches]  # noqa: E731
+            row.profile[order.name] = profile_call(call, "cpu")
 
 
 def _pass(row: Row, order: Order, timed: bool, now: Callable[[], float]) -> None:

@@ -234,12 +234,23 @@ def test_bad_input_is_one_line_naming_it_before_loading_anything(
     assert err.startswith("bt bench: ") and named in err and fix in err
 
 
-@pytest.mark.parametrize("option", [["--compile", "inductor"], ["--profile"]], ids=["compile", "profile"])
-def test_options_of_the_synthetic_bench_are_refused_with_texts(option: list[str], texts: Path, capsys) -> None:
-    code = main(["bench", "--model", str(MINILM_DIR), "--texts", str(texts), *option])
+def test_compile_is_refused_with_texts_naming_it(texts: Path, capsys) -> None:
+    code = main(["bench", "--model", str(MINILM_DIR), "--texts", str(texts), "--compile", "inductor"])
     err = capsys.readouterr().err
     assert code == 2
-    assert err.startswith(f"bt bench: {option[0]} does not combine with --texts")
+    assert err.startswith("bt bench: --compile does not combine with --texts")
+
+
+def test_profile_splits_each_torch_rows_time_by_kind_of_work(tmp_path: Path, texts: Path, capsys) -> None:
+    folder = _save_tiny(tmp_path / "tiny-bert", "BertModel")
+    table, result = _bench(tmp_path, capsys, folder, texts, "--profile")
+    rows = _rows(result)
+    bt_profile = rows[("bt", "fp32")]["profile"]
+    assert set(bt_profile) == {"arrival", "sorted"}
+    assert all(p["shares"]["projections (GEMM)"] > 0 for p in bt_profile.values())
+    assert all("profile" not in row for (name, _), row in rows.items() if name in ("ONNX Runtime", "OpenVINO"))
+    assert "profile at bt (fp32), sorted order" in table
+    assert result["settings"]["command"].endswith("--profile")
 
 
 def test_the_benchmark_corpus_is_the_same_for_the_same_seed_and_long_tailed() -> None:
