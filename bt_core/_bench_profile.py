@@ -58,4 +58,4 @@ def profile_call(call: Callable[[], Any], device: Any) -> dict[str, Any]:
 def format_profile(label: str, result: dict[str, Any]) -> str:
     """One line: ``label``'s kinds of work, largest first, as percentages of the profiled call."""
     parts = ", ".join(f"{kind} {share:.0%}" for kind, share in result["shares"].items() if share >= 0.005)
-    return f"profile at {label} (bt's operators, own time, {result['total_ms']:.1f} ms profiled): {parts}"
+    return f"profile of {label} (torch operators' own time, {result['total_ms']:.1f} ms profiled): {parts}"

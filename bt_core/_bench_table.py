@@ -85,7 +85,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("  ".join(cell.rjust(width) for cell, width in zip(r, widths, strict=False)))
     lines += [_generate_line(row) for row in result["rows"] if "generate" in row]
     lines += [
-        format_profile(f"{row['padding']:.0%} padding", row["profile"]) for row in result["rows"] if "profile" in row
+        format_profile(f"bt at {row['padding']:.0%} padding", row["profile"])
+        for row in result["rows"]
+        if "profile" in row
     ]
     return "\n".join(lines)
 

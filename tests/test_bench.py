@@ -376,7 +376,7 @@ def test_profile_splits_the_converted_models_time_by_kind_of_work(tiny: Path) ->
     assert shares["projections (GEMM)"] > 0 and shares["attention"] > 0 and shares["norms"] > 0
     assert sum(shares.values()) == pytest.approx(1.0)
     assert "--profile" in result["settings"]["command"]
-    assert "profile at 50% padding" in bench.format_table(result)
+    assert "profile of bt at 50% padding" in bench.format_table(result)
 
 
 def test_profile_names_operators_by_the_work_they_do() -> None:

@@ -249,7 +249,7 @@ def test_profile_splits_each_torch_rows_time_by_kind_of_work(tmp_path: Path, tex
     assert set(bt_profile) == {"arrival", "sorted"}
     assert all(p["shares"]["projections (GEMM)"] > 0 for p in bt_profile.values())
     assert all("profile" not in row for (name, _), row in rows.items() if name in ("ONNX Runtime", "OpenVINO"))
-    assert "profile at bt (fp32), sorted order" in table
+    assert "profile of bt (fp32), sorted order" in table
     assert result["settings"]["command"].endswith("--profile")
 
 
