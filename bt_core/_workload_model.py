@@ -100,12 +100,20 @@ class Workload:
         return output if self.pooling is None else self.pooling(output, mask)
 
 
-def run_torch(workload: Workload, model: Any, context: Callable[[], Any] | None = None) -> Callable[[list[str]], Any]:
-    """A row's call on one batch for ``model`` (the original or a copy): encode, or tokenize-forward-pool."""
+def run_torch(
+    workload: Workload, model: Any, context: Callable[[], Any] | None = None, *, bare: bool = False
+) -> Callable[[list[str]], Any]:
+    """A row's call on one batch for ``model`` (the original or a copy): encode, or tokenize-forward-pool.
+
+    ``bare``: a sentence-transformers model (or copy) runs the tokenize-forward-pool loop of the runtime rows
+    on its transformers model, instead of ``encode``.
+    """
     import torch
 
     enter = context or contextlib.nullcontext
-    if workload.encoder is not None:
+    if workload.encoder is not None and bare:
+        model = model[0].auto_model
+    elif workload.encoder is not None:
 
         def encode(batch: list[str]) -> Any:
             with enter():

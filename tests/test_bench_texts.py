@@ -88,9 +88,11 @@ def test_minilm_with_every_runtime_times_all_rows_in_both_orders(tmp_path: Path,
     rows = _rows(result)
     as_loaded = result["rows"][0]
     assert "as loaded" in as_loaded["name"] and as_loaded["precision"] == "fp32"
+    bare = "bt, bare loop like the runtime rows (tokenize, model, pool)"
     expected = {
         ("bt", "fp32"), ("ONNX Runtime", "fp32"), ("OpenVINO", "fp32"), ("bt under autocast", "bf16 autocast"),
         ("bt on the model .to(bfloat16)", "bf16"), ("OpenVINO", "bf16 hint"), ("ONNX Runtime", "int8 dynamic"),
+        (bare, "fp32"), (bare, "bf16 autocast"),
     }  # fmt: skip
     assert expected <= set(rows)
     for row in result["rows"]:
@@ -98,7 +100,7 @@ def test_minilm_with_every_runtime_times_all_rows_in_both_orders(tmp_path: Path,
         if row is not as_loaded:
             assert set(row["accuracy"]) == {"arrival", "sorted"}
     # fp32 rows compute the same function as the model as loaded; reduced precision stays close.
-    for key in [("bt", "fp32"), ("ONNX Runtime", "fp32"), ("OpenVINO", "fp32")]:
+    for key in [("bt", "fp32"), (bare, "fp32"), ("ONNX Runtime", "fp32"), ("OpenVINO", "fp32")]:
         assert min(rows[key]["accuracy"].values()) > 0.99999, key
     assert min(rows[("bt on the model .to(bfloat16)", "bf16")]["accuracy"].values()) > 0.99
     assert min(rows[("ONNX Runtime", "int8 dynamic")]["accuracy"].values()) > 0.5
@@ -126,6 +128,7 @@ def test_without_optional_packages_rows_say_not_installed_and_the_command_succee
     assert result["rows"][0]["name"].startswith("transformers as loaded")
     _assert_timed(rows[("bt", "fp32")])
     assert min(rows[("bt", "fp32")]["accuracy"].values()) > 0.99999
+    assert not any("bare loop" in name for name, _ in rows), "bt's row already is the bare loop"
 
 
 def test_fallback_pooling_reproduces_sentence_transformers_encode(monkeypatch: pytest.MonkeyPatch) -> None:
