@@ -132,7 +132,7 @@ def run_workload(
             "notes": workload.notes,
         },
         "orders": order_info,
-        "rows": [row_result(row, len(texts)) for row in rows],
+        "rows": [row_result(row, len(texts), reference) for row in rows],
     }  # fmt: skip
 
 

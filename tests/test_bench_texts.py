@@ -74,6 +74,7 @@ def _assert_timed(row: dict) -> None:
     assert set(row["samples_s"]) == {"arrival", "sorted"}
     assert all(len(seconds) == 1 and seconds[0] > 0 for seconds in row["samples_s"].values())
     assert set(row["texts_per_s"]) == {"arrival", "sorted"}
+    assert set(row["speedup"]) == {"arrival", "sorted"} and all(x > 0 for x in row["speedup"].values())
 
 
 def test_minilm_with_every_runtime_times_all_rows_in_both_orders(tmp_path: Path, texts: Path, capsys) -> None:
@@ -264,3 +265,14 @@ def test_the_benchmark_corpus_is_the_same_for_the_same_seed_and_long_tailed() ->
     words = sorted(len(text.split()) for text in texts)
     assert len(texts) == 512 and all(text.strip() and "\n" not in text for text in texts)
     assert words[-1] > 3 * words[len(words) // 2]  # a long tail: batches in arrival order pad a lot
+
+
+def test_speedup_is_the_median_of_same_round_ratios_to_the_first_row() -> None:
+    """Rows alternate within a round: a slow moment slows both rows of a pair, not the ratio."""
+    from bt_core._workload_report import Row, row_result
+
+    reference = Row("as loaded", "fp32", None, samples={"sorted": [2.0, 4.0, 2.2]})
+    row = Row("bt", "fp32", None, samples={"sorted": [1.0, 2.0, 1.0]})
+    result = row_result(row, 100, reference)
+    assert result["speedup"] == {"sorted": pytest.approx(2.0)}  # median of 2.0, 2.0, 2.2
+    assert result["texts_per_s"] == {"sorted": pytest.approx(100.0)}  # median seconds 1.0
