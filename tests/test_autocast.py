@@ -13,6 +13,7 @@ import warnings
 
 import pytest
 import torch
+from last_hidden import LastHidden
 from transformers import BertConfig, BertModel
 
 from bt_core import BetterTransformer, _autocast_weights, force_strategy
@@ -146,14 +147,5 @@ def test_autocast_under_tracing_casts_nothing() -> None:
     converted = BetterTransformer.transform(model)
     with torch.no_grad(), _autocast(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.trace(_LastHidden(converted), (ids, mask), check_trace=False)
+        torch.jit.trace(LastHidden(converted), (ids, mask), check_trace=False)
     assert all(CACHE_ATTRIBUTE not in layer.__dict__ for layer in _layers(converted))
-
-
-class _LastHidden(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model(ids, attention_mask=mask).last_hidden_state

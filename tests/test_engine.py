@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from last_hidden import LastHidden
 from transformers import BertConfig, BertModel
 
 from bt_core import BetterTransformer, BetterTransformerError, force_strategy
@@ -433,18 +434,9 @@ def test_tracing_and_training_keep_aten_linears(onednn_calls: list) -> None:
     converted = BetterTransformer.transform(model, keep_original_model=True)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.jit.trace(_LastHidden(converted), (ids, mask), check_trace=False)
+        torch.jit.trace(LastHidden(converted), (ids, mask), check_trace=False)
     converted.train()(ids, attention_mask=mask).last_hidden_state.sum().backward()
     assert onednn_calls == []
-
-
-class _LastHidden(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return self.model(ids, attention_mask=mask).last_hidden_state
 
 
 def _bert_and_batch() -> tuple[BertModel, torch.Tensor, torch.Tensor]:
