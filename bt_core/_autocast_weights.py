@@ -10,42 +10,28 @@ and BERT-shaped projections from 1.1x to 1.7x faster than autocast's ``F.linear`
 
 The copies cost half the float32 projections' memory (bfloat16), are made on the first call under
 autocast, and are remade when a weight changes (in-place updates bump its version, a new tensor has a
-new address). Weights made under ``torch.inference_mode()`` have no version to watch: they are cast on
-every call, as autocast does. They are never saved: ``state_dict``, pickling and ``copy.deepcopy`` leave them out, and
-``BetterTransformer.reverse`` drops them with the converted layers.
+tensor, held by weak reference so that a freed one's address cannot pass for it). Weights made under
+``torch.inference_mode()`` have no version to watch: they are cast on every call, as autocast does. The
+copies are never saved: ``state_dict``, pickling and ``copy.deepcopy`` leave them out, and
+``BetterTransformer.reverse`` drops them with the converted layers. Whether autocast's dtype is one
+oneDNN computes natively is decided with the other oneDNN checks, in :mod:`._math`.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["CACHE_ATTRIBUTE", "autocast_low_dtype", "project"]
+__all__ = ["CACHE_ATTRIBUTE", "project"]
 
-#: The layer ``__dict__`` entry holding ``{key: (stamp, weight, bias)}``.
+#: The layer ``__dict__`` entry holding ``{key: _Cast}``.
 CACHE_ATTRIBUTE = "_bt_autocast_weights"
 
 _LINEAR = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
 _REORDER = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
-
-
-def _bf16_native() -> bool:
-    supported = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    return bool(torch.backends.mkldnn.is_available() and _LINEAR is not None and supported and supported())
-
-
-_NATIVE = {torch.bfloat16} if _bf16_native() else set()
-
-
-def autocast_low_dtype(x: Tensor) -> torch.dtype | None:
-    """The dtype CPU autocast computes projections of ``x`` in, when bt may compute them from cached casts
-    (a dtype oneDNN's CPU kernel computes natively, ``x`` float32 or already that dtype); else None."""
-    if x.device.type != "cpu" or not torch.is_autocast_enabled("cpu"):
-        return None
-    low = torch.get_autocast_dtype("cpu")
-    return low if low in _NATIVE and x.dtype in (torch.float32, low) else None
 
 
 def project(layer: nn.Module, key: str, x: Tensor, weight: Tensor, bias: Tensor | None, low: torch.dtype) -> Tensor:
@@ -61,23 +47,48 @@ def project(layer: nn.Module, key: str, x: Tensor, weight: Tensor, bias: Tensor 
         cast_weight, cast_bias = weight.to(low), None if bias is None else bias.to(low)
     else:
         cast_weight, cast_bias = _cast(layer, key, weight, bias, low)
-    assert _LINEAR is not None  # autocast_low_dtype returned a dtype only where it exists
+    assert _LINEAR is not None  # _math offers ``low`` only where oneDNN's linear exists
     return _LINEAR(x.to(low), cast_weight, cast_bias, "none", [], "")
 
 
+class _Cast:
+    """One weight's (and bias's) cast, and what it was cast from."""
+
+    def __init__(self, low: torch.dtype, weight: Tensor, bias: Tensor | None) -> None:
+        self.sources = tuple(_source(t) for t in (weight, bias))
+        self.stamp = (low, *(_stamp(t) for t in (weight, bias)))
+        with torch.no_grad():
+            cast_weight = weight.detach().to(low).contiguous()
+            if _REORDER is not None:
+                # oneDNN's blocked layout for this weight: made once here, it saves the kernel a reorder per
+                # call (1.1-1.2x on MiniLM's projections); the results are bit for bit those of the plain layout.
+                cast_weight = _REORDER(cast_weight, None)
+            self.weight: Tensor = cast_weight
+            self.bias = None if bias is None else bias.detach().to(low)
+
+    def made_from(self, low: torch.dtype, weight: Tensor, bias: Tensor | None) -> bool:
+        alive = all((ref is None) == (t is None) and (ref is None or ref() is _base(t)) for ref, t in
+                    zip(self.sources, (weight, bias), strict=True))  # fmt: skip
+        return alive and self.stamp == (low, *(_stamp(t) for t in (weight, bias)))
+
+
+def _base(tensor: Tensor | None) -> Tensor | None:
+    """The tensor a view was taken of (the declared parameter for a half of ``linear1``), or the tensor."""
+    return tensor if tensor is None or tensor._base is None else tensor._base
+
+
+def _source(tensor: Tensor | None) -> weakref.ref[Tensor] | None:
+    base = _base(tensor)
+    return None if base is None else weakref.ref(base)
+
+
+def _stamp(tensor: Tensor | None) -> tuple[Any, ...] | None:
+    return None if tensor is None else (tensor.data_ptr(), tensor._version, tuple(tensor.shape))
+
+
 def _cast(layer: nn.Module, key: str, weight: Tensor, bias: Tensor | None, low: torch.dtype) -> tuple[Tensor, Any]:
-    cache: dict[str, tuple[tuple[Any, ...], Tensor, Tensor | None]] = layer.__dict__.setdefault(CACHE_ATTRIBUTE, {})
-    stamp = (low, weight.data_ptr(), weight._version, tuple(weight.shape))
-    stamp += (None,) if bias is None else (bias.data_ptr(), bias._version)
+    cache: dict[str, _Cast] = layer.__dict__.setdefault(CACHE_ATTRIBUTE, {})
     hit = cache.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1], hit[2]
-    with torch.no_grad():
-        cast_weight = weight.detach().to(low).contiguous()
-        if _REORDER is not None:
-            # oneDNN's blocked layout for this weight: made once here, it saves the kernel a reorder per
-            # call (1.1-1.2x on MiniLM's projections); the results are bit for bit those of the plain layout.
-            cast_weight = _REORDER(cast_weight, None)
-        cast_bias = None if bias is None else bias.detach().to(low)
-    cache[key] = (stamp, cast_weight, cast_bias)
-    return cast_weight, cast_bias
+    if hit is None or not hit.made_from(low, weight, bias):
+        hit = cache[key] = _Cast(low, weight, bias)
+    return hit.weight, hit.bias

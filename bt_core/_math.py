@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._activations import activation_function
-from ._autocast_weights import autocast_low_dtype, project
+from ._autocast_weights import project
 
 if TYPE_CHECKING:
     from .layer import BetterTransformerBaseLayer
@@ -72,6 +72,16 @@ class Kernels:
 
 
 PLAIN = Kernels()
+
+
+def autocast_low_dtype(x: Tensor) -> torch.dtype | None:
+    """Under CPU autocast, the dtype it computes projections of ``x`` in, when oneDNN computes that dtype
+    natively and ``x`` is float32 or already in it: projections then run from the layer's cached casts
+    (:mod:`._autocast_weights`). None otherwise (``F.linear`` under autocast, as the original)."""
+    if x.device.type != "cpu":
+        return None
+    low = torch.get_autocast_dtype("cpu")
+    return low if low != torch.float32 and low in _ONEDNN_DTYPES and x.dtype in (torch.float32, low) else None
 
 
 def onednn_allowed(x: Tensor) -> bool:
@@ -212,12 +222,12 @@ def layer_math(
     the layer's cached low-precision weights (:mod:`._autocast_weights`).
     """
     own_buffers = regularise is None  # no autograd: the fast paths may write into buffers they made
-    autocasting = torch.is_autocast_enabled(tokens.device.type)
-    kernels = Kernels(
-        # oneDNN's float32 kernel would not cast its inputs as autocast casts F.linear's.
-        onednn=onednn and own_buffers and not autocasting and onednn_allowed(tokens),
-        autocast_low=autocast_low_dtype(tokens) if onednn and own_buffers else None,
-    )
+    fast = onednn and own_buffers
+    if fast and torch.is_autocast_enabled(tokens.device.type):
+        # oneDNN's kernel does not cast its inputs as autocast casts F.linear's: bt casts them itself.
+        kernels = Kernels(autocast_low=autocast_low_dtype(tokens))
+    else:
+        kernels = Kernels(onednn=fast and onednn_allowed(tokens))
     act = (_INPLACE_ACTIVATIONS.get(layer.activation) if own_buffers else None) or activation_function(layer.activation)
 
     def keeps_dtype(buffer: Tensor, other: Tensor) -> bool:

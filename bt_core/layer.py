@@ -263,9 +263,8 @@ class BetterTransformerBaseLayer(DeclaringLayer):
     def __getstate__(self) -> dict[str, Any]:
         # transformers' recording hooks are closures that pickle refuses; they are re-made on load. The
         # autocast weight casts are a cache in oneDNN's opaque layout (no storage to save): remade on use.
-        state = without_capture_hooks(self.__dict__)
-        if CACHE_ATTRIBUTE in state:
-            state = {name: value for name, value in state.items() if name != CACHE_ATTRIBUTE}
+        state = dict(without_capture_hooks(self.__dict__))
+        state.pop(CACHE_ATTRIBUTE, None)
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -16,14 +16,14 @@ import torch
 from last_hidden import LastHidden
 from transformers import BertConfig, BertModel
 
-from bt_core import BetterTransformer, _autocast_weights, force_strategy
+from bt_core import BetterTransformer, _autocast_weights, _math, force_strategy
 from bt_core._autocast_weights import CACHE_ATTRIBUTE
 from bt_core._engine import record_strategies
 
 LENGTHS = [9, 4, 12, 1, 7]
 
 needs_native_bf16 = pytest.mark.skipif(
-    not _autocast_weights._NATIVE, reason="this CPU or torch build has no native oneDNN bfloat16 linear"
+    torch.bfloat16 not in _math._ONEDNN_DTYPES, reason="this CPU or torch build has no native oneDNN bfloat16 linear"
 )
 
 
@@ -94,7 +94,7 @@ def test_each_projection_weight_is_cast_once_and_multiplied_in_bfloat16(linear_c
     for layer, before in zip(_layers(converted), casts, strict=True):
         after = layer.__dict__[CACHE_ATTRIBUTE]
         assert sorted(after) == ["in_proj", "linear1", "linear2", "out_proj"]
-        assert all(after[role][1] is before[role][1] for role in after), "reused, not cast again"
+        assert all(after[role].weight is before[role].weight for role in after), "reused, not cast again"
     torch.testing.assert_close(first, second, atol=0, rtol=0)
 
 
@@ -108,6 +108,27 @@ def test_a_weight_changed_in_place_is_cast_again() -> None:
         _layers(converted)[0].linear2_weight.mul_(3.0)
     uncached = copy.deepcopy(converted)  # a copy starts without casts
     assert all(CACHE_ATTRIBUTE not in layer.__dict__ for layer in _layers(uncached))
+    with torch.inference_mode(), _autocast():
+        after = converted(ids, attention_mask=mask).last_hidden_state
+        fresh = uncached(ids, attention_mask=mask).last_hidden_state
+    keep = mask.bool()
+    assert not torch.equal(after[keep], before[keep])
+    torch.testing.assert_close(after[keep], fresh[keep], atol=0, rtol=0)
+
+
+@needs_native_bf16
+def test_a_weight_replaced_by_a_new_tensor_is_cast_again() -> None:
+    """The cast remembers the tensor it came from, not just its address, which a new tensor may reuse."""
+    model, ids, mask = _bert()
+    converted = BetterTransformer.transform(model)
+    layer = _layers(converted)[0]
+    with torch.inference_mode(), _autocast():
+        before = converted(ids, attention_mask=mask).last_hidden_state
+    old = layer.linear2_weight
+    with torch.no_grad():
+        layer.linear2_weight = torch.nn.Parameter(old.detach() * 3.0, requires_grad=old.requires_grad)
+    del old
+    uncached = copy.deepcopy(converted)
     with torch.inference_mode(), _autocast():
         after = converted(ids, attention_mask=mask).last_hidden_state
         fresh = uncached(ids, attention_mask=mask).last_hidden_state
