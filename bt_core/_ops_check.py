@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ._ops_check_models import _load_checkpoint, _looks_like_path, _random_model
 from .ops import (
@@ -28,6 +28,8 @@ from .ops import (
 )
 
 if TYPE_CHECKING:
+    import torch
+
     from .registry import PluginRegistry
     from .testing.compare import OutputDiff
 
@@ -50,7 +52,12 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("model", metavar="MODEL", help="a model type (e.g. bert) or a local checkpoint folder")
-    parser.add_argument("--atol", type=float, default=1e-4, help="largest difference accepted (default: 1e-4)")
+    parser.add_argument(
+        "--atol",
+        type=float,
+        default=None,
+        help="largest difference accepted (default: 1e-4 in float32, 1e-2 in float16, 5e-2 in bfloat16)",
+    )
     parser.add_argument("--batch-size", type=int, default=3, help="rows in the padded batch (default: 3)")
     parser.add_argument("--seed", type=int, default=0, help="seed for random weights and inputs (default: 0)")
     parser.add_argument(
@@ -59,10 +66,24 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
         default="auto",
         help="force an execution strategy for the converted model (default: auto)",
     )
+    parser.add_argument("--device", default="cpu", help="run both models on this device, e.g. cuda (default: cpu)")
+    parser.add_argument(
+        "--dtype",
+        choices=sorted(DEFAULT_ATOL),
+        default="float32",
+        help="cast both models (and floating inputs) to this dtype (default: float32)",
+    )
     parser.set_defaults(func=_command(run_check))
 
 
+#: ``--atol`` when none is given: both models run in ``--dtype``, so the two differ by that dtype's
+#: rounding, not by float32's.
+DEFAULT_ATOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
+
+
 def run_check(args: argparse.Namespace) -> int:
+    if args.atol is None:
+        args.atol = DEFAULT_ATOL[args.dtype]
     if args.atol < 0 or args.batch_size < 1:
         raise _Exit(EXIT_USAGE, "--atol must be >= 0 and --batch-size >= 1")
     registry = _registry()
@@ -99,10 +120,15 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
         described = (
             f"a random-weight {type(model).__name__} (model type {args.model!r}, from {source}, seed {args.seed})"
         )
+    device, dtype = _device(args.device), getattr(torch, args.dtype)
     try:
         inputs = inputs_for(model, example_inputs(mapping, config, args.batch_size, seed=args.seed))
     except ExampleError as exc:
         raise _Exit(EXIT_BROKEN_PLUGIN, str(exc)) from None
+    model = model.to(device=device, dtype=dtype)
+    inputs = {key: _placed(value, device, dtype) for key, value in inputs.items()}
+    if (device.type, dtype) != ("cpu", torch.float32):
+        described += f", {args.dtype} on {device}"
     try:
         converted = BetterTransformer.transform(model, keep_original_model=True, registry=registry)
     except (UnsupportedModelError, LayerValidationError) as exc:
@@ -155,6 +181,31 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
         return EXIT_MISMATCH
     print(f"\nOK: every output within --atol {args.atol:g}.")
     return EXIT_OK
+
+
+def _device(name: str) -> torch.device:
+    import torch
+
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise _Exit(EXIT_USAGE, f"--device {name!r} is not a torch device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise _Exit(
+            EXIT_USAGE,
+            f"--device {name}: this torch ({torch.__version__}) sees no CUDA device; run on a machine with a GPU "
+            "and a CUDA build of torch, or drop --device",
+        )
+    return device
+
+
+def _placed(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """An input on ``device``; floating inputs (pixel values, audio samples) in ``dtype`` too."""
+    import torch
+
+    if not isinstance(value, torch.Tensor):
+        return value
+    return value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
 
 
 def _print_diffs(title: str, diffs: list[OutputDiff], atol: float) -> int:

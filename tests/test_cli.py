@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from bt_core import LayerMapping, hookimpl
 from bt_core.cli import main
-from bt_core.ops import EXIT_BROKEN_PLUGIN, EXIT_MISMATCH, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNSUPPORTED
+from bt_core.ops import EXIT_BROKEN_PLUGIN, EXIT_MISMATCH, EXIT_NOT_FOUND, EXIT_OK, EXIT_UNSUPPORTED, EXIT_USAGE
 from bt_core.registry import PluginFailure, PluginRegistry, set_default_registry
 
 ADAPTER = "bt_plugins_encoders.adapters:BertLayerAdapter"
@@ -287,6 +288,26 @@ def test_check_fails_a_wrong_adapter(registry: PluginRegistry, capsys: pytest.Ca
 def test_check_atol(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
     registry.register(TinyBert(adapter=swapped_norms()), "tiny")
     assert main(["check", "bert", "--atol", "1e9"]) == EXIT_OK
+
+
+@pytest.mark.parametrize(("dtype", "atol"), [("bfloat16", "0.05"), ("float16", "0.01")])
+def test_check_in_a_reduced_precision(
+    registry: PluginRegistry, dtype: str, atol: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both models run in --dtype, so the default tolerance is that dtype's, not float32's."""
+    registry.register(TinyBert(), "tiny")
+    assert main(["check", "bert", "--dtype", dtype]) == EXIT_OK, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"{dtype} on cpu" in out and f"OK: every output within --atol {atol}" in out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_check_on_a_device_torch_cannot_see(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
+    registry.register(TinyBert(), "tiny")
+    assert main(["check", "bert", "--device", "cuda"]) == EXIT_USAGE
+    assert "--device cuda: this torch" in capsys.readouterr().err
+    assert main(["check", "bert", "--device", "gpu0"]) == EXIT_USAGE
+    assert "--device 'gpu0' is not a torch device; use cpu, cuda or cuda:N" in capsys.readouterr().err
 
 
 def test_check_an_unsupported_type(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,175 @@
+"""What the fused strategy costs and gives on CUDA, measured in one process (a minute on one H200).
+
+1. Speed: BERT-base (random weights), float16 (``--dtype``), batch 64 x 256, at 0/25/50/75% padding: transformers'
+   sdpa model against bt with the engine's choice and with ``fused`` and ``dense`` forced, alternating
+   in rounds (medians of CUDA-synchronised wall times). At 50% once more with the eager-attention model
+   in the rotation, as ``bt bench`` runs it.
+2. Host synchronisations per call (``torch.cuda.set_sync_debug_mode``), engine's choice against forced
+   ``fused``: each one stalls the launch queue.
+3. Accuracy in float32 against the same model in float64 (batch 8 x 128, 50% padding, on the real
+   tokens): the original (sdpa), and bt with each strategy; ``fused`` again with SDPA limited to its
+   math backend, to tell the kernel's attention from the rest.
+4. One call profiled (torch.profiler), engine's choice against forced ``fused``.
+
+    python benchmarks/cuda_fused.py [--device cuda] [--runs 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from bt_core import BetterTransformer
+from bt_core._bench_inputs import load_model, make_inputs
+from bt_core._engine import force_strategy, record_strategies
+
+warnings.filterwarnings("ignore", message=r".*nested tensors is in prototype stage.*")
+
+
+def synchronized(device: torch.device) -> Callable[[Callable[[], Any]], float]:
+    def measure(fn: Callable[[], Any]) -> float:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter() - start
+
+    return measure
+
+
+def bt_call(
+    model: Any, inputs: dict[str, Any], strategy: str | None, seen: set[str] | None = None
+) -> Callable[[], Any]:
+    def call() -> Any:
+        with force_strategy(strategy), record_strategies(seen if seen is not None else set()):
+            return model(**inputs)
+
+    return call
+
+
+def speed(original: Any, converted: Any, eager: Any, device: torch.device, runs: int, dtype: torch.dtype) -> None:
+    measure = synchronized(device)
+    print(f"\n1. speed (ms, median of {runs}); bt auto's strategies in brackets")
+    print(f"{'padding':>8} {'sdpa':>7} {'auto':>7} {'fused':>7} {'dense':>7} {'eager':>7}  auto")
+    for padding, with_eager in [(0.0, False), (0.25, False), (0.5, False), (0.75, False), (0.5, True)]:
+        inputs, _ = make_inputs(original, 64, 256, padding, device, dtype)
+        seen: set[str] = set()
+        calls = {
+            "sdpa": lambda inputs=inputs: original(**inputs),
+            "auto": bt_call(converted, inputs, None, seen),
+            "fused": bt_call(converted, inputs, "fused"),
+            "dense": bt_call(converted, inputs, "dense"),
+        }
+        if with_eager:
+            calls["eager"] = lambda inputs=inputs: eager(**inputs)
+        times: dict[str, list[float]] = {name: [] for name in calls}
+        for round_index in range(runs + 3):
+            for name, call in calls.items():
+                elapsed = measure(call)
+                if round_index >= 3:
+                    times[name].append(elapsed)
+        cells = [
+            f"{statistics.median(times[n]) * 1e3:7.2f}" if n in times else f"{'-':>7}"
+            for n in ("sdpa", "auto", "fused", "dense", "eager")
+        ]
+        print(f"{padding:>8.0%} {' '.join(cells)}  {sorted(seen)}")
+
+
+def syncs(converted: Any, original: Any, device: torch.device) -> None:
+    if device.type != "cuda":
+        return
+    inputs, _ = make_inputs(original, 64, 256, 0.5, device, original.dtype)
+    print("\n2. host synchronisations per call, 50% padding")
+    for strategy in (None, "fused", "dense"):
+        call = bt_call(converted, inputs, strategy)
+        call()
+        torch.cuda.synchronize()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                call()
+            finally:
+                torch.cuda.set_sync_debug_mode(0)
+        where = [str(w.message).split("\n")[0][:90] for w in caught if "synchroniz" in str(w.message)]
+        print(f"  {strategy or 'auto':<6} {len(where)} sync(s)")
+        for line in sorted(set(where)):
+            print(f"         {where.count(line)}x {line}")
+
+
+def profiles(converted: Any, original: Any, device: torch.device) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    if device.type != "cuda":
+        return
+    inputs, _ = make_inputs(original, 64, 256, 0.5, device, original.dtype)
+    print("\n4. one call profiled, 50% padding: the operators with the most device time")
+    for strategy in (None, "fused"):
+        call = bt_call(converted, inputs, strategy)
+        call()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            call()
+            torch.cuda.synchronize()
+        print(f"--- {strategy or 'auto'}")
+        print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=10, max_name_column_width=50))
+
+
+def accuracy(device: torch.device) -> None:
+    print("\n3. float32 accuracy against float64, batch 8 x 128, 50% padding (real tokens)")
+    print(
+        f"   matmul tf32 allowed: {torch.backends.cuda.matmul.allow_tf32}; "
+        f"float32 matmul precision: {torch.get_float32_matmul_precision()}"
+    )
+    reference_model = load_model("bert-base")[0].to(device=device, dtype=torch.float64).eval()
+    original = copy.deepcopy(reference_model).float()
+    converted = BetterTransformer.transform(copy.deepcopy(original))
+    inputs, _ = make_inputs(original, 8, 128, 0.5, device, torch.float32)
+    keep = inputs["attention_mask"].bool()
+    with torch.inference_mode():
+        reference = reference_model(**inputs).last_hidden_state[keep]
+        scale = reference.abs().max().item()
+
+        def error(output: Any) -> str:
+            diff = (output.last_hidden_state[keep].double() - reference).abs().max().item()
+            return f"max abs error {diff:.2e} ({diff / scale:.1e} of the largest value)"
+
+        print(f"   {'original, sdpa':<28} {error(original(**inputs))}")
+        for strategy in ("fused", "packed", "dense"):
+            print(f"   {'bt ' + strategy:<28} {error(bt_call(converted, inputs, strategy)())}")
+        with sdpa_kernel(SDPBackend.MATH):
+            print(f"   {'bt fused, SDPA math only':<28} {error(bt_call(converted, inputs, 'fused')())}")
+            print(f"   {'original, SDPA math only':<28} {error(original(**inputs))}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16", help="for 1. and 2.")
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), getattr(torch, args.dtype)
+    original = load_model("bert-base")[0].to(device=device, dtype=dtype).eval()
+    eager = copy.deepcopy(original)
+    eager.set_attn_implementation("eager")
+    converted = BetterTransformer.transform(copy.deepcopy(original))
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
+    with torch.inference_mode():
+        speed(original, converted, eager, device, args.runs, dtype)
+        syncs(converted, original, device)
+        profiles(converted, original, device)
+    accuracy(device)
+
+
+if __name__ == "__main__":
+    main()
