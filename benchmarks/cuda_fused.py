@@ -6,9 +6,10 @@
    in the rotation, as ``bt bench`` runs it.
 2. Host synchronisations per call (``torch.cuda.set_sync_debug_mode``), engine's choice against forced
    ``fused``: each one stalls the launch queue.
-3. Accuracy in float32 against the same model in float64 (batch 8 x 128, 50% padding, on the real
-   tokens): the original (sdpa), and bt with each strategy; ``fused`` again with SDPA limited to its
-   math backend, to tell the kernel's attention from the rest.
+3. Accuracy in float32, float16 and bfloat16 against the same model in float64 (batch 8 x 128, 50%
+   padding, on the real tokens): the original (sdpa), and bt with each strategy (``fused`` in float32
+   too, which the engine refuses on CUDA); ``fused`` again with SDPA limited to its math backend, to
+   tell the kernel's attention from the rest.
 4. One call profiled (torch.profiler), engine's choice against forced ``fused``.
 
     python benchmarks/cuda_fused.py [--device cuda] [--runs 30]
@@ -22,12 +23,13 @@ import statistics
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from bt_core import BetterTransformer
+from bt_core import BetterTransformer, BetterTransformerError
 from bt_core._bench_inputs import load_model, make_inputs
 from bt_core._engine import force_strategy, record_strategies
 
@@ -126,30 +128,41 @@ def profiles(converted: Any, original: Any, device: torch.device) -> None:
 
 
 def accuracy(device: torch.device) -> None:
-    print("\n3. float32 accuracy against float64, batch 8 x 128, 50% padding (real tokens)")
-    print(
-        f"   matmul tf32 allowed: {torch.backends.cuda.matmul.allow_tf32}; "
-        f"float32 matmul precision: {torch.get_float32_matmul_precision()}"
-    )
+    from bt_core import _strategy
+
+    print("\n3. accuracy against the same model in float64, batch 8 x 128, 50% padding (real tokens)")
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    print(f"   matmul tf32 allowed: {tf32}; float32 matmul precision: {torch.get_float32_matmul_precision()}")
     reference_model = load_model("bert-base")[0].to(device=device, dtype=torch.float64).eval()
-    original = copy.deepcopy(reference_model).float()
-    converted = BetterTransformer.transform(copy.deepcopy(original))
-    inputs, _ = make_inputs(original, 8, 128, 0.5, device, torch.float32)
+    inputs, _ = make_inputs(reference_model, 8, 128, 0.5, device, torch.float64)
     keep = inputs["attention_mask"].bool()
     with torch.inference_mode():
         reference = reference_model(**inputs).last_hidden_state[keep]
-        scale = reference.abs().max().item()
+    scale = reference.abs().max().item()
 
-        def error(output: Any) -> str:
-            diff = (output.last_hidden_state[keep].double() - reference).abs().max().item()
-            return f"max abs error {diff:.2e} ({diff / scale:.1e} of the largest value)"
+    def error(call: Callable[[], Any]) -> str:
+        try:
+            output = call()
+        except BetterTransformerError as exc:
+            return f"refused: {exc}"
+        diff = (output.last_hidden_state[keep].double() - reference).abs().max().item()
+        return f"{diff:9.2e} ({diff / scale:.1e} of the largest value)"
 
-        print(f"   {'original, sdpa':<28} {error(original(**inputs))}")
-        for strategy in ("fused", "packed", "dense"):
-            print(f"   {'bt ' + strategy:<28} {error(bt_call(converted, inputs, strategy)())}")
-        with sdpa_kernel(SDPBackend.MATH):
-            print(f"   {'bt fused, SDPA math only':<28} {error(bt_call(converted, inputs, 'fused')())}")
-            print(f"   {'original, SDPA math only':<28} {error(original(**inputs))}")
+    # float32 on CUDA is one the engine refuses the kernel; let it run here, to measure why.
+    kernel_dtypes = _strategy._KERNEL_DTYPES.get(device.type, set())
+    _strategy._KERNEL_DTYPES[device.type] = kernel_dtypes | {torch.float32}
+    try:
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            original = copy.deepcopy(reference_model).to(dtype)
+            converted = BetterTransformer.transform(copy.deepcopy(original))
+            with torch.inference_mode():
+                print(f"   {str(dtype)[6:]:<9} {'original, sdpa':<26} {error(partial(original, **inputs))}")
+                for strategy in ("fused", "packed", "dense"):
+                    print(f"   {'':<9} {'bt ' + strategy:<26} {error(bt_call(converted, inputs, strategy))}")
+                with sdpa_kernel(SDPBackend.MATH):
+                    print(f"   {'':<9} {'bt fused, SDPA math only':<26} {error(bt_call(converted, inputs, 'fused'))}")
+    finally:
+        _strategy._KERNEL_DTYPES[device.type] = kernel_dtypes
 
 
 def main() -> None:

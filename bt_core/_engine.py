@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ._fused import fused, unnest
-from ._masks import MaskLayout, read_mask, traceable_layout
+from ._masks import MaskLayout, forget_layout, stack_layout, traceable_layout
 from ._math import expand_kv, layer_math, rotary_per_position, rotate, score_mask, window_keep
 from ._packing import PackedTokens, packed
 from ._strategy import (
@@ -62,13 +62,16 @@ def run_layer(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tenso
 def _run(layer: BetterTransformerBaseLayer, call: LayerCall) -> tuple[Tensor, Tensor | None]:
     hidden_states = call.hidden_states
     packed_input = isinstance(hidden_states, PackedTokens)
+    last = layer.is_last_layer
     if hidden_states.is_nested or packed_input:
         layout = MaskLayout(key_keep=None, attend=None, is_key_padding=True)  # read by the first layer
+        if last:
+            forget_layout()
     else:
-        layout = read_mask(call.attention_mask, hidden_states.shape[0], hidden_states.shape[1])
+        batch, seq_len = hidden_states.shape[0], hidden_states.shape[1]
+        layout = stack_layout(call.attention_mask, batch, seq_len, first=layer.is_first_layer, last=last)
     strategy = choose_strategy(layer, call, layout, packed_input=packed_input)
     record(strategy)
-    last = layer.is_last_layer
     if strategy is Strategy.PACKED:
         return packed(layer, call, layout, last=last), None
     if strategy is Strategy.FUSED:

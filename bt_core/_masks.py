@@ -8,6 +8,8 @@ dropped from the compute) or something richer, such as a causal mask, that must 
 
 from __future__ import annotations
 
+import threading
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -92,6 +94,38 @@ def read_mask(mask: Tensor | None, batch: int, seq_len: int) -> MaskLayout:
         is_key_padding=True,
         pads_first_position=not bool(key_keep[:, 0].all()),
     )
+
+
+_held = threading.local()
+
+
+def stack_layout(mask: Tensor | None, batch: int, seq_len: int, *, first: bool, last: bool) -> MaskLayout:
+    """:func:`read_mask` once per forward of a layer stack, for the layers that run the padded batch.
+
+    Reading a mask asks the device a few questions (is anything padded, is it plain key padding), and
+    on a GPU each answer stalls the launch queue: once per layer, that was 37 waits per BERT-base call.
+    The first layer reads it; later layers handed the same mask object (transformers passes one mask to
+    every layer) reuse that reading; the last layer lets it go, so no reading outlives its forward.
+    """
+    if mask is None:
+        return NO_MASK
+    held = getattr(_held, "layout", None)
+    if not first and held is not None and held[0]() is mask and held[1] == (batch, seq_len, _version(mask)):
+        layout = held[2]
+    else:
+        layout = read_mask(mask, batch, seq_len)
+    _held.layout = None if last else (weakref.ref(mask), (batch, seq_len, _version(mask)), layout)
+    return layout
+
+
+def forget_layout() -> None:
+    """Drop the held reading (the last layer of a stack that ran on packed or nested tokens)."""
+    _held.layout = None
+
+
+def _version(mask: Tensor) -> int | None:
+    """The tensor's in-place change counter; inference tensors (made under inference_mode) have none."""
+    return None if mask.is_inference() else mask._version
 
 
 def traceable_layout(mask: Tensor | None, batch: int, seq_len: int) -> MaskLayout:

@@ -88,9 +88,12 @@ def _forced_strategy() -> Strategy | None:
         ) from None
 
 
+#: The dtypes the fused kernel computes as exactly as the original, per device. CUDA float32 is left out:
+#: there the kernel's result was 2.2e-4 (relative) off the float64 result, where the original's and the
+#: other strategies' were 1.3e-6 (BERT-base on an H200, ``benchmarks/cuda_fused.py``; not its attention).
 _KERNEL_DTYPES = {
     "cpu": {torch.float32, torch.bfloat16},
-    "cuda": {torch.float32, torch.float16, torch.bfloat16},
+    "cuda": {torch.float16, torch.bfloat16},
 }
 
 
@@ -106,6 +109,8 @@ def why_not_fused(
     if torch.is_autocast_enabled(hidden_states.device.type):
         return "autocast is enabled, and the kernel would not cast as autocast does"
     if hidden_states.dtype not in _KERNEL_DTYPES.get(hidden_states.device.type, set()):
+        if (hidden_states.device.type, hidden_states.dtype) == ("cuda", torch.float32):
+            return "the kernel computes float32 on CUDA less precisely than the original (about 1e-4 relative)"
         return f"the kernel has no {hidden_states.dtype} version on {hidden_states.device.type}"
     if not layout.is_key_padding:
         return "the mask is more than key padding"
@@ -147,7 +152,7 @@ def choose_strategy(
         if why_not_fused(layer, call.hidden_states, layout, call) is None:
             return Strategy.FUSED  # an earlier layer nested the batch: stay on the fused path
         return Strategy.DENSE
-    if packed_input:
+    if packed_input:  # only a forced or CPU run packs, and a layer of the stack may need the whole batch
         return Strategy.DENSE if layer._bt_whole_input else Strategy.PACKED
     whole = _needs_padded_batch(layer, layout)
     if forced is not None:
@@ -170,7 +175,17 @@ def choose_strategy(
         return Strategy.DENSE
     if _fused_wins(call.hidden_states, layout) and why_not_fused(layer, call.hidden_states, layout, call) is None:
         return Strategy.FUSED
-    return Strategy.PACKED if layout.has_padding else Strategy.DENSE
+    return Strategy.PACKED if layout.has_padding and _packing_wins(call.hidden_states) else Strategy.DENSE
+
+
+def _packing_wins(hidden_states: Tensor) -> bool:
+    """Whether skipping padding row by row (``packed``) beats the padded batch (``dense``).
+
+    CPU: yes at every padding fraction measured (BENCHMARKS.md). CUDA: no; ``packed`` launches a few
+    kernels per row and layer, and the GPU waits on them (BERT-base, float16, 64 x 256 at 50% padding on
+    an H200: packed 34.2 ms, transformers' sdpa 8.5 ms; ``benchmarks/cuda_check.py``).
+    """
+    return hidden_states.device.type != "cuda"
 
 
 def _fused_wins(hidden_states: Tensor, layout: MaskLayout) -> bool:
@@ -183,8 +198,9 @@ def _fused_wins(hidden_states: Tensor, layout: MaskLayout) -> bool:
     ``dense`` matches it at 128 tokens and beats it on long sequences (1,600 tokens: the kernel's
     materialised attention matrix costs 1.2x in fp32 and 1.6x in bf16 against SDPA's flash kernel).
 
-    CUDA: not measured (no GPU in this work); PyTorch's nested-tensor kernel is the path its authors
-    tuned for padded GPU batches, so it is kept for padded batches, and ``dense`` (SDPA) without padding.
-    ``bt bench --device cuda`` measures it; BENCHMARKS.md has the command.
+    CUDA (float16 and bfloat16 only, see ``_KERNEL_DTYPES``): with padding (BERT-base, float16, 64 x 256
+    on an H200, ``benchmarks/cuda_fused.py``: the kernel skips the padding's GEMM work, and its GPU time
+    was 3.8 ms at 50% padding). Without padding it measured 0.92x dense's time (7.14 / 7.74 ms), within
+    the run-to-run spread of that launch-bound machine, so ``dense`` (SDPA) is kept there.
     """
     return hidden_states.device.type == "cuda" and layout.has_padding

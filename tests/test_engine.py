@@ -16,6 +16,7 @@ from last_hidden import LastHidden
 from transformers import BertConfig, BertModel
 
 from bt_core import BetterTransformer, BetterTransformerError, force_strategy
+from bt_core import _masks as masks
 from bt_core._engine import Strategy, _fused_wins, choose_strategy, record_strategies
 from bt_core._masks import NO_MASK, read_mask
 from bt_core.layer import LayerCall
@@ -252,6 +253,55 @@ def test_a_single_layer_called_directly_returns_the_padded_shape(models) -> None
     assert out.shape == (BATCH, SEQ, 64)
 
 
+@pytest.fixture
+def mask_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the mask readings (each asks the device a few questions: on a GPU, a stall each)."""
+    reads: list[int] = []
+    real = masks.read_mask
+
+    def counted(*args: object) -> object:
+        reads.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(masks, "read_mask", counted)
+    return reads
+
+
+@pytest.mark.parametrize("form", ["2d-long", "4d-min"])
+def test_a_padded_batch_mask_is_read_once_per_forward(models, mask_reads: list[int], form: str) -> None:
+    original, converted = models
+    keep = keep_mask("right")
+    states = hidden()
+    out = run_converted(converted.encoder, states, mask_form(keep, form), "dense")
+    assert len(mask_reads) == 1  # by the first layer; the second reuses it
+    assert getattr(masks._held, "layout", None) is None  # the last layer let it go
+    torch.testing.assert_close(out[keep], reference_output(original, states, keep)[keep])
+
+
+def test_a_mask_changed_in_place_is_read_again(models, mask_reads: list[int]) -> None:
+    """A later layer handed the same mask object reuses the first layer's reading only while it is unchanged."""
+    original, converted = models
+    first, second = (copy.deepcopy(layer) for layer in converted.encoder.layer)
+    first.is_first_layer, first.is_last_layer = True, False
+    second.is_first_layer, second.is_last_layer = False, True
+    mask = mask_form(keep_mask("right"), "2d-long")
+    states = hidden()
+    four = mask[:, None, None, :]  # a view: it shares the buffer's change counter
+    with force_strategy("dense"):
+        with torch.inference_mode():
+            first(states, four)
+        mask[:, 4:] = 0  # a buffer reused for the next batch
+        with torch.inference_mode():
+            out = second(states, four)
+    out = out[0] if isinstance(out, tuple) else out
+    keep = mask.bool()
+    with torch.inference_mode():
+        expected = original.encoder.layer[1](states, mask_form(keep, "4d-min"))
+    expected = expected[0] if isinstance(expected, tuple) else expected
+    assert len(mask_reads) == 2
+    torch.testing.assert_close(out[keep], expected[keep])
+
+
 def test_training_and_autograd_take_the_reference_path(models) -> None:
     original, converted = models
     keep = keep_mask("right")
@@ -310,6 +360,28 @@ def test_fused_wins_follows_the_measurements() -> None:
     cuda = SimpleNamespace(device=torch.device("cuda"))  # stands in for a CUDA tensor
     assert _fused_wins(cuda, padded)
     assert not _fused_wins(cuda, NO_MASK)
+
+
+def on_cuda(dtype: torch.dtype) -> SimpleNamespace:
+    """Stands in for CUDA hidden states (this suite runs without a GPU): what the choice reads of them."""
+    return SimpleNamespace(device=torch.device("cuda"), dtype=dtype, is_nested=False, shape=(BATCH, SEQ, 64))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_precision_runs_padded_batches_fused_and_the_rest_dense(layer, dtype: torch.dtype) -> None:
+    assert choose(layer, "right", states=on_cuda(dtype)) is Strategy.FUSED
+    assert choose(layer, "left", states=on_cuda(dtype)) is Strategy.DENSE  # cannot be nested; packed is slow there
+    with torch.inference_mode():
+        assert choose_strategy(layer, LayerCall(on_cuda(dtype)), NO_MASK) is Strategy.DENSE
+
+
+def test_cuda_float32_never_runs_the_fused_kernel(layer) -> None:
+    """On CUDA the kernel's float32 result was 2.2e-4 (relative) off float64, the original's 1.3e-6."""
+    assert choose(layer, "right", states=on_cuda(torch.float32)) is Strategy.DENSE
+    with force_strategy("fused"), pytest.raises(BetterTransformerError, match="float32 on CUDA less precisely"):
+        choose(layer, "right", states=on_cuda(torch.float32))
+    with force_strategy("packed"):  # a forced packed run still packs, as on CPU
+        assert choose(layer, "right", states=on_cuda(torch.float32)) is Strategy.PACKED
 
 
 def test_training_chooses_reference(layer) -> None:
