@@ -59,7 +59,9 @@ def bt_call(
     return call
 
 
-def speed(original: Any, converted: Any, eager: Any, device: torch.device, runs: int, dtype: torch.dtype) -> None:
+def speed(
+    original: Any, converted: Any, eager: Any, device: torch.device, runs: int, dtype: torch.dtype, order: str
+) -> None:
     measure = synchronized(device)
     print(f"\n1. speed (ms, median of {runs}); bt auto's strategies in brackets")
     print(f"{'padding':>8} {'sdpa':>7} {'auto':>7} {'fused':>7} {'dense':>7} {'eager':>7}  auto")
@@ -72,6 +74,8 @@ def speed(original: Any, converted: Any, eager: Any, device: torch.device, runs:
             "fused": bt_call(converted, inputs, "fused"),
             "dense": bt_call(converted, inputs, "dense"),
         }
+        if order == "reversed":  # does a call's place in the round move its time?
+            calls = dict(reversed(calls.items()))
         if with_eager:
             calls["eager"] = lambda inputs=inputs: eager(**inputs)
         times: dict[str, list[float]] = {name: [] for name in calls}
@@ -169,7 +173,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16", help="for 1. and 2.")
+    parser.add_argument("--dtype", choices=["float16", "bfloat16"], default="float16", help="for 1., 2. and 4.")
+    parser.add_argument("--order", choices=["sdpa-first", "reversed"], default="sdpa-first", help="of the calls in 1.")
+    parser.add_argument("--speed-only", action="store_true", help="only 1.")
     args = parser.parse_args()
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     original = load_model("bert-base")[0].to(device=device, dtype=dtype).eval()
@@ -178,7 +184,9 @@ def main() -> None:
     converted = BetterTransformer.transform(copy.deepcopy(original))
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}")
     with torch.inference_mode():
-        speed(original, converted, eager, device, args.runs, dtype)
+        speed(original, converted, eager, device, args.runs, dtype, args.order)
+        if args.speed_only:
+            return
         syncs(converted, original, device)
         profiles(converted, original, device)
     accuracy(device)

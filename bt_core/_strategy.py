@@ -198,9 +198,11 @@ def _fused_wins(hidden_states: Tensor, layout: MaskLayout) -> bool:
     ``dense`` matches it at 128 tokens and beats it on long sequences (1,600 tokens: the kernel's
     materialised attention matrix costs 1.2x in fp32 and 1.6x in bf16 against SDPA's flash kernel).
 
-    CUDA (float16 and bfloat16 only, see ``_KERNEL_DTYPES``): with padding (BERT-base, float16, 64 x 256
-    on an H200, ``benchmarks/cuda_fused.py``: the kernel skips the padding's GEMM work, and its GPU time
-    was 3.8 ms at 50% padding). Without padding it measured 0.92x dense's time (7.14 / 7.74 ms), within
-    the run-to-run spread of that launch-bound machine, so ``dense`` (SDPA) is kept there.
+    CUDA (float16 and bfloat16; see ``_KERNEL_DTYPES``): always. BERT-base, 64 x 256 on an H200
+    (``benchmarks/cuda_fused.py``, medians of 30), against transformers' sdpa model at 0/25/50/75% padding:
+    float16, three runs, the kernel 0.89-0.91x / 0.82-0.97x / 0.63-0.95x / 0.54-0.93x of its time, ``dense``
+    0.96-0.99x; bfloat16, two runs, the kernel 0.89-0.90x / 1.00-1.01x / 0.82-0.83x / 0.74-0.76x, ``dense``
+    0.97-0.98x (3% ahead at 25%: the kernel's bfloat16 nesting falls back to a generic copy). The spread
+    between runs is the host's: the GPU works 3.8 ms of a 5-8 ms call at 50% padding.
     """
-    return hidden_states.device.type == "cuda" and layout.has_padding
+    return hidden_states.device.type == "cuda"

@@ -358,8 +358,8 @@ def test_fused_wins_follows_the_measurements() -> None:
     assert not _fused_wins(cpu, padded)  # CPU: packed beats it at every padding fraction measured
     assert not _fused_wins(cpu, NO_MASK)  # CPU: dense matches it at 128 tokens, beats it on long ones
     cuda = SimpleNamespace(device=torch.device("cuda"))  # stands in for a CUDA tensor
-    assert _fused_wins(cuda, padded)
-    assert not _fused_wins(cuda, NO_MASK)
+    assert _fused_wins(cuda, padded)  # 0.63x sdpa's time at 50% padding (fp16, H200), dense 0.97x
+    assert _fused_wins(cuda, NO_MASK)  # 0.92x of dense's time without padding
 
 
 def on_cuda(dtype: torch.dtype) -> SimpleNamespace:
@@ -368,11 +368,13 @@ def on_cuda(dtype: torch.dtype) -> SimpleNamespace:
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_cuda_half_precision_runs_padded_batches_fused_and_the_rest_dense(layer, dtype: torch.dtype) -> None:
+def test_cuda_half_precision_runs_the_fused_kernel_unless_the_padding_is_not_on_the_right(
+    layer, dtype: torch.dtype
+) -> None:
     assert choose(layer, "right", states=on_cuda(dtype)) is Strategy.FUSED
-    assert choose(layer, "left", states=on_cuda(dtype)) is Strategy.DENSE  # cannot be nested; packed is slow there
     with torch.inference_mode():
-        assert choose_strategy(layer, LayerCall(on_cuda(dtype)), NO_MASK) is Strategy.DENSE
+        assert choose_strategy(layer, LayerCall(on_cuda(dtype)), NO_MASK) is Strategy.FUSED
+    assert choose(layer, "left", states=on_cuda(dtype)) is Strategy.DENSE  # cannot be nested; packed is slow there
 
 
 def test_cuda_float32_never_runs_the_fused_kernel(layer) -> None:
