@@ -20,12 +20,12 @@ import importlib.metadata as metadata
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
 from typing import Any
 
 import pluggy
 
 from . import hookspecs
+from ._registry_records import Conflict, PluginFailure, PluginInfo, RegisteredMapping, _Collected
 from .errors import PluginLoadError
 from .mapping import LayerMapping
 
@@ -45,54 +45,6 @@ __all__ = [
 
 ENTRY_POINT_GROUP = f"{hookspecs.PROJECT_NAME}.plugins"
 DISABLE_ENV = "BT_DISABLE_PLUGINS"
-
-
-@dataclass(frozen=True)
-class PluginInfo:
-    """A loaded plugin: its name, the distribution that ships it and that distribution's version."""
-
-    name: str
-    source: str  # "entry point" or "in-process"
-    distribution: str | None = None
-    version: str | None = None
-    api_version: str | None = None
-    order: int = 0
-
-
-@dataclass(frozen=True)
-class PluginFailure:
-    """A plugin that could not be used, and why."""
-
-    name: str
-    distribution: str | None
-    version: str | None
-    error: str
-
-    def describe(self) -> str:
-        shipped = f" ({self.distribution} {self.version})" if self.distribution else ""
-        return f"plugin {self.name!r}{shipped}: {self.error}"
-
-
-@dataclass(frozen=True)
-class RegisteredMapping:
-    """A layer mapping and the plugin that provides it."""
-
-    mapping: LayerMapping
-    plugin: PluginInfo
-
-
-@dataclass(frozen=True)
-class Conflict:
-    model_type: str
-    winner: str
-    loser: str
-
-
-@dataclass
-class _Collected:
-    mappings: dict[str, list[RegisteredMapping]] = field(default_factory=dict)
-    refusals: dict[str, tuple[str, str]] = field(default_factory=dict)
-    conflicts: list[Conflict] = field(default_factory=list)
 
 
 def _normalize(name: str) -> str:
