@@ -26,13 +26,10 @@ __all__ = ["PackedTokens"]
 class Packing:
     """Where the real tokens of a padded batch live once gathered into one ``(tokens, hidden)`` matrix.
 
-    Each row's real tokens stay together and in order, whatever the padding layout (right, left, holes
-    in the middle), so a row is one contiguous slice of the packed matrix and its attention needs no
-    padding mask. Rows of the same length are gathered next to each other, whatever their place in the
-    batch, so that each length is one batched attention call (``runs``:
-    ``(start, rows, length, batch_rows, first_is_query_only)``). Batches sorted by characters, as
-    sentence-transformers sorts them, still mix token lengths: MiniLM's sorted batches of 32 texts had
-    22 runs per layer in batch order and about 4 grouped.
+    Gathering in row-major order keeps each row's real tokens together and in order, whatever the
+    padding layout (right, left, holes in the middle), so a row is one contiguous slice of the packed
+    matrix and its attention needs no padding mask. ``runs`` merges neighbouring rows of the same
+    length into one batched attention call: ``(start, rows, length, batch_rows)``.
     """
 
     def __init__(self, layout: MaskLayout, padded_shape: tuple[int, ...]) -> None:
@@ -48,20 +45,19 @@ class Packing:
         if self.first_is_query_only is not None:
             taken = key_keep.clone()
             taken[:, 0] |= lengths > 0
+        self.index = taken.reshape(-1).nonzero().squeeze(1)
         rows = taken.sum(dim=1).tolist()
-        extra = self.first_is_query_only or [False] * len(rows)
-        order = sorted((r for r in range(len(rows)) if rows[r]), key=lambda r: (rows[r], extra[r]))  # stable
-        self.index = _gather_index(taken, order)
         self.tokens = int(sum(rows))
+        extra = self.first_is_query_only or [False] * len(rows)
+        #: (start, rows, length, batch_rows, first_is_query_only)
         self.runs: list[tuple[int, int, int, list[int], bool]] = []
         start = 0
-        for row in order:
-            length, query_only = rows[row], extra[row]
+        for row, (length, query_only) in enumerate(zip(rows, extra, strict=True)):
             previous = self.runs[-1] if self.runs else None
-            if previous and previous[2] == length and previous[4] == query_only:
+            if length and previous and previous[2] == length and previous[4] == query_only:
                 first, count, _, batch_rows, _ = previous
                 self.runs[-1] = (first, count + 1, length, [*batch_rows, row], query_only)
-            else:
+            elif length:
                 self.runs.append((start, 1, length, [row], query_only))
             start += length
 
@@ -180,15 +176,6 @@ def _row_attention(layer: BetterTransformerBaseLayer, packing: Packing, call: La
         return torch.cat(contexts) if contexts else q.new_empty(0, heads * head_dim)
 
     return attend
-
-
-def _gather_index(taken: Tensor, order: list[int]) -> Tensor:
-    """Flat indices into ``(batch * seq_len)`` of the taken tokens, row after row in ``order``."""
-    if order == list(range(taken.shape[0])):
-        return taken.reshape(-1).nonzero().squeeze(1)
-    rows = torch.tensor(order, device=taken.device)
-    picked = taken.index_select(0, rows).nonzero()  # (tokens, 2): row in ``order``, position
-    return rows[picked[:, 0]] * taken.shape[1] + picked[:, 1]
 
 
 def _real_keys(length: int, device: torch.device) -> Tensor:

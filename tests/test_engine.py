@@ -12,7 +12,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 from last_hidden import LastHidden
 from transformers import BertConfig, BertModel
 
@@ -20,7 +19,6 @@ from bt_core import BetterTransformer, BetterTransformerError, force_strategy
 from bt_core import _masks as masks
 from bt_core._engine import Strategy, _fused_wins, choose_strategy, record_strategies
 from bt_core._masks import NO_MASK, read_mask
-from bt_core._packing import Packing
 from bt_core.layer import LayerCall
 
 SEQ = 12
@@ -206,34 +204,6 @@ def test_packed_stays_packed_between_layers_and_restores_the_padded_shape(models
         for hook in hooks:
             hook.remove()
     assert seen == [(int(keep.sum()), 64), (BATCH, SEQ, 64)]
-
-
-def test_rows_of_one_length_are_one_attention_call_wherever_they_sit_in_the_batch(models) -> None:
-    """Batches sorted by characters (sentence-transformers' encode) mix token lengths: grouping rows by
-    length makes each length one attention call."""
-    original, converted = models
-    lengths = [9, 4, 9, 4, 6]
-    keep = torch.arange(SEQ)[None, :] < torch.tensor(lengths)[:, None]
-    packing = Packing(read_mask(keep, BATCH, SEQ), (BATCH, SEQ, 64))
-    assert [(rows, length, batch_rows) for _, rows, length, batch_rows, _ in packing.runs] == [
-        (2, 4, [1, 3]),
-        (1, 6, [4]),
-        (2, 9, [0, 2]),
-    ]
-    states = hidden()
-    assert torch.equal(packing.unpack(packing.pack(states)), states * keep[..., None])
-    calls: list[int] = []
-    real = F.scaled_dot_product_attention
-
-    def counted(*args: object, **kwargs: object) -> torch.Tensor:
-        calls.append(1)
-        return real(*args, **kwargs)
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(F, "scaled_dot_product_attention", counted)
-        out = run_converted(converted.encoder, states, keep, "packed")
-    assert len(calls) == 3 * len(converted.encoder.layer)
-    torch.testing.assert_close(out[keep], reference_output(original, states, keep)[keep])
 
 
 def test_packed_output_is_zero_at_padding_except_a_padded_position_zero(models) -> None:
