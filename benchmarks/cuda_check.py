@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from bt_core.cli import main as bt
+from bt_core.ops import EXIT_OK, EXIT_UNSUPPORTED
 from bt_core.registry import default_registry
 
 #: (label, extra ``bt check`` arguments)
@@ -38,7 +39,6 @@ CHECKS = [
     ("fp16 auto", ["--dtype", "float16"]),
     ("bf16 auto", ["--dtype", "bfloat16"]),
 ]
-EXIT_OK, EXIT_MISMATCH, EXIT_UNSUPPORTED = 0, 1, 3
 BENCH = ["--model", "bert-base", "--batch", "64", "--length", "256", "--padding", "0,50", "--dtype", "float16"]
 
 

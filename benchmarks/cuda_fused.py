@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
-import time
 import warnings
 from collections.abc import Callable
 from functools import partial
@@ -31,22 +30,10 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bt_core import BetterTransformer, BetterTransformerError
 from bt_core._bench_inputs import load_model, make_inputs
+from bt_core._bench_measure import time_rounds, timer
 from bt_core._engine import force_strategy, record_strategies
 
 warnings.filterwarnings("ignore", message=r".*nested tensors is in prototype stage.*")
-
-
-def synchronized(device: torch.device) -> Callable[[Callable[[], Any]], float]:
-    def measure(fn: Callable[[], Any]) -> float:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        return time.perf_counter() - start
-
-    return measure
 
 
 def bt_call(
@@ -62,7 +49,7 @@ def bt_call(
 def speed(
     original: Any, converted: Any, eager: Any, device: torch.device, runs: int, dtype: torch.dtype, order: str
 ) -> None:
-    measure = synchronized(device)
+    measure = timer(device)  # CUDA-synchronised wall clock
     print(f"\n1. speed (ms, median of {runs}); bt auto's strategies in brackets")
     print(f"{'padding':>8} {'sdpa':>7} {'auto':>7} {'fused':>7} {'dense':>7} {'eager':>7}  auto")
     for padding, with_eager in [(0.0, False), (0.25, False), (0.5, False), (0.75, False), (0.5, True)]:
@@ -78,12 +65,7 @@ def speed(
             calls = dict(reversed(calls.items()))
         if with_eager:
             calls["eager"] = lambda inputs=inputs: eager(**inputs)
-        times: dict[str, list[float]] = {name: [] for name in calls}
-        for round_index in range(runs + 3):
-            for name, call in calls.items():
-                elapsed = measure(call)
-                if round_index >= 3:
-                    times[name].append(elapsed)
+        times = time_rounds(calls, measure, runs, 3, lambda _: None, "")
         cells = [
             f"{statistics.median(times[n]) * 1e3:7.2f}" if n in times else f"{'-':>7}"
             for n in ("sdpa", "auto", "fused", "dense", "eager")
@@ -91,10 +73,15 @@ def speed(
         print(f"{padding:>8.0%} {' '.join(cells)}  {sorted(seen)}")
 
 
+def half_padded(original: Any, device: torch.device) -> dict[str, Any]:
+    """The batch of sections 2 and 4: 64 x 256 at 50% padding, in the model's dtype."""
+    return make_inputs(original, 64, 256, 0.5, device, original.dtype)[0]
+
+
 def syncs(converted: Any, original: Any, device: torch.device) -> None:
     if device.type != "cuda":
         return
-    inputs, _ = make_inputs(original, 64, 256, 0.5, device, original.dtype)
+    inputs = half_padded(original, device)
     print("\n2. host synchronisations per call, 50% padding")
     for strategy in (None, "fused", "dense"):
         call = bt_call(converted, inputs, strategy)
@@ -118,7 +105,7 @@ def profiles(converted: Any, original: Any, device: torch.device) -> None:
 
     if device.type != "cuda":
         return
-    inputs, _ = make_inputs(original, 64, 256, 0.5, device, original.dtype)
+    inputs = half_padded(original, device)
     print("\n4. one call profiled, 50% padding: the operators with the most device time")
     for strategy in (None, "fused"):
         call = bt_call(converted, inputs, strategy)
@@ -153,8 +140,8 @@ def accuracy(device: torch.device) -> None:
         return f"{diff:9.2e} ({diff / scale:.1e} of the largest value)"
 
     # float32 on CUDA is one the engine refuses the kernel; let it run here, to measure why.
-    kernel_dtypes = _strategy._KERNEL_DTYPES.get(device.type, set())
-    _strategy._KERNEL_DTYPES[device.type] = kernel_dtypes | {torch.float32}
+    kernel_dtypes = _strategy._KERNEL_DTYPES.get(device.type, {})
+    _strategy._KERNEL_DTYPES[device.type] = {**kernel_dtypes, torch.float32: None}
     try:
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             original = copy.deepcopy(reference_model).to(dtype)

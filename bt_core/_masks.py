@@ -110,22 +110,18 @@ def stack_layout(mask: Tensor | None, batch: int, seq_len: int, *, first: bool, 
     if mask is None:
         return NO_MASK
     held = getattr(_held, "layout", None)
-    if not first and held is not None and held[0]() is mask and held[1] == (batch, seq_len, _version(mask)):
+    key = (batch, seq_len, None if mask.is_inference() else mask._version)  # inference tensors have no version
+    if not first and held is not None and held[0]() is mask and held[1] == key:
         layout = held[2]
     else:
         layout = read_mask(mask, batch, seq_len)
-    _held.layout = None if last else (weakref.ref(mask), (batch, seq_len, _version(mask)), layout)
+    _held.layout = None if last else (weakref.ref(mask), key, layout)
     return layout
 
 
 def forget_layout() -> None:
     """Drop the held reading (the last layer of a stack that ran on packed or nested tokens)."""
     _held.layout = None
-
-
-def _version(mask: Tensor) -> int | None:
-    """The tensor's in-place change counter; inference tensors (made under inference_mode) have none."""
-    return None if mask.is_inference() else mask._version
 
 
 def traceable_layout(mask: Tensor | None, batch: int, seq_len: int) -> MaskLayout:

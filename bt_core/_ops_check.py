@@ -9,22 +9,20 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ._ops_check_models import _load_checkpoint, _looks_like_path, _random_model
 from .ops import (
     EXIT_BROKEN_PLUGIN,
-    EXIT_CODES_HELP,
     EXIT_MISMATCH,
     EXIT_OK,
     EXIT_UNSUPPORTED,
     EXIT_USAGE,
-    _command,
     _Exit,
     _quiet_registry,
     _registry,
     _shipped_by,
-    _wrap,
+    _subcommand,
 )
 
 if TYPE_CHECKING:
@@ -37,10 +35,11 @@ __all__ = ["add_check_parser", "run_check"]
 
 
 def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = _subcommand(
+        subparsers,
         "check",
         help="convert a small model (or a local checkpoint) and compare it with the original",
-        description=_wrap(
+        description=(
             "Convert MODEL and run a right-padded and a left-padded batch through the original and the "
             "converted model, printing the largest difference per output (on the real tokens, and at position "
             "0 of the left-padded batch, which heads read). MODEL is a model type (see `bt list`; a small "
@@ -48,8 +47,7 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
             "a config.json; the class its config.architectures names, such as BertForSequenceClassification, "
             "is compared, task head included). Nothing is downloaded."
         ),
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=run_check,
     )
     parser.add_argument("model", metavar="MODEL", help="a model type (e.g. bert) or a local checkpoint folder")
     parser.add_argument(
@@ -73,7 +71,6 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
         default="float32",
         help="cast both models (and floating inputs) to this dtype (default: float32)",
     )
-    parser.set_defaults(func=_command(run_check))
 
 
 #: ``--atol`` when none is given: both models run in ``--dtype``, so the two differ by that dtype's
@@ -109,7 +106,7 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
     from .errors import BetterTransformerError, LayerValidationError, PluginLoadError, UnsupportedModelError
     from .layer import BetterTransformerBaseLayer
     from .testing.compare import compare_outputs, compare_with_position_zero
-    from .testing.examples import ExampleError, example_inputs, inputs_for, left_padded
+    from .testing.examples import ExampleError, cast_inputs, example_inputs, inputs_for, left_padded
 
     if _looks_like_path(args.model):
         model, config, mapping, loaded_as = _load_checkpoint(args.model, registry)
@@ -126,7 +123,7 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
     except ExampleError as exc:
         raise _Exit(EXIT_BROKEN_PLUGIN, str(exc)) from None
     model = model.to(device=device, dtype=dtype)
-    inputs = {key: _placed(value, device, dtype) for key, value in inputs.items()}
+    inputs = cast_inputs(inputs, dtype, device)
     if (device.type, dtype) != ("cpu", torch.float32):
         described += f", {args.dtype} on {device}"
     try:
@@ -197,15 +194,6 @@ def _device(name: str) -> torch.device:
             "and a CUDA build of torch, or drop --device",
         )
     return device
-
-
-def _placed(value: Any, device: torch.device, dtype: torch.dtype) -> Any:
-    """An input on ``device``; floating inputs (pixel values, audio samples) in ``dtype`` too."""
-    import torch
-
-    if not isinstance(value, torch.Tensor):
-        return value
-    return value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
 
 
 def _print_diffs(title: str, diffs: list[OutputDiff], atol: float) -> int:

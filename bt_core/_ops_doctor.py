@@ -12,25 +12,24 @@ import warnings
 from typing import Any
 
 from .hookspecs import PLUGIN_API_VERSION
-from .ops import EXIT_CODES_HELP, EXIT_MISMATCH, EXIT_OK, _command, _quiet_registry, _registry, _shipped_by, _wrap
+from .ops import EXIT_MISMATCH, EXIT_OK, _quiet_registry, _registry, _shipped_by, _subcommand
 from .registry import DISABLE_ENV
 
 __all__ = ["add_doctor_parser", "run_doctor"]
 
 
 def add_doctor_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    _subcommand(
+        subparsers,
         "doctor",
         help="check this machine and the installed plugins",
-        description=_wrap(
+        description=(
             "Report the torch and transformers versions, whether nested tensors and PyTorch's fused "
             "encoder kernel work here (by running them), the plugins found, those that failed to load and why, "
             "conflicts and disabled plugins."
         ),
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=run_doctor,
     )
-    parser.set_defaults(func=_command(run_doctor))
 
 
 def _version(distribution: str) -> str:

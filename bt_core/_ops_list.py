@@ -8,24 +8,23 @@ import argparse
 import json
 import sys
 
-from .ops import EXIT_CODES_HELP, EXIT_OK, _command, _quiet_registry, _registry, _wrap
+from .ops import EXIT_OK, _quiet_registry, _registry, _subcommand
 
 __all__ = ["add_list_parser", "run_list"]
 
 
 def add_list_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
+    parser = _subcommand(
+        subparsers,
         "list",
         help="list every model type the installed plugins convert",
-        description=_wrap(
+        description=(
             "List every model type the installed bt plugins convert: the encoder layer class "
             "replaced, and the plugin (and its distribution and version) that provides it."
         ),
-        epilog=EXIT_CODES_HELP,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        run=run_list,
     )
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    parser.set_defaults(func=_command(run_list))
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -88,12 +88,17 @@ def _forced_strategy() -> Strategy | None:
         ) from None
 
 
-#: The dtypes the fused kernel computes as exactly as the original, per device. CUDA float32 is left out:
-#: there the kernel's result was 2.2e-4 (relative) off the float64 result, where the original's and the
-#: other strategies' were 1.3e-6 (BERT-base on an H200, ``benchmarks/cuda_fused.py``; not its attention).
-_KERNEL_DTYPES = {
-    "cpu": {torch.float32, torch.bfloat16},
-    "cuda": {torch.float16, torch.bfloat16},
+#: The dtypes the fused kernel has, per device: None where it computes them as exactly as the original,
+#: else why not. CUDA float32: the kernel's result was 2.2e-4 (relative) off the float64 result, where the
+#: original's and the other strategies' were 1.3e-6 (BERT-base on an H200, ``benchmarks/cuda_fused.py``;
+#: not its attention).
+_KERNEL_DTYPES: dict[str, dict[torch.dtype, str | None]] = {
+    "cpu": {torch.float32: None, torch.bfloat16: None},
+    "cuda": {
+        torch.float16: None,
+        torch.bfloat16: None,
+        torch.float32: "the kernel computes float32 on CUDA less precisely than the original (about 1e-4 relative)",
+    },
 }
 
 
@@ -108,10 +113,12 @@ def why_not_fused(
         return "the call carries a score bias or rotary positions"
     if torch.is_autocast_enabled(hidden_states.device.type):
         return "autocast is enabled, and the kernel would not cast as autocast does"
-    if hidden_states.dtype not in _KERNEL_DTYPES.get(hidden_states.device.type, set()):
-        if (hidden_states.device.type, hidden_states.dtype) == ("cuda", torch.float32):
-            return "the kernel computes float32 on CUDA less precisely than the original (about 1e-4 relative)"
-        return f"the kernel has no {hidden_states.dtype} version on {hidden_states.device.type}"
+    device, dtype = hidden_states.device.type, hidden_states.dtype
+    dtypes = _KERNEL_DTYPES.get(device, {})
+    if dtype not in dtypes:
+        return f"the kernel has no {dtype} version on {device}"
+    if dtypes[dtype] is not None:
+        return dtypes[dtype]
     if not layout.is_key_padding:
         return "the mask is more than key padding"
     if layout.key_keep is not None and not is_right_padded(layout.key_keep):

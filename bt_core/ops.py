@@ -61,6 +61,26 @@ def _wrap(text: str) -> str:
     return textwrap.fill(text, width=88)
 
 
+def _subcommand(
+    subparsers: argparse._SubParsersAction,
+    name: str,
+    *,
+    help: str,
+    description: str,
+    run: Callable[[argparse.Namespace], int],
+) -> argparse.ArgumentParser:
+    """A ``bt`` subcommand's parser: its wrapped description, the exit codes as epilog, ``run`` behind it."""
+    parser = subparsers.add_parser(
+        name,
+        help=help,
+        description=_wrap(description),
+        epilog=EXIT_CODES_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=_command(run))
+    return parser
+
+
 class _Exit(Exception):
     """Ends a command with ``code`` after printing ``message`` to stderr."""
 

@@ -19,6 +19,7 @@ __all__ = [
     "DROPOUT_MARKERS",
     "ExampleError",
     "build_example_model",
+    "cast_inputs",
     "default_inputs",
     "example_inputs",
     "head_model_class",
@@ -229,8 +230,15 @@ def left_padded(inputs: dict[str, Any]) -> dict[str, Any] | None:
 
 def to_float64(inputs: dict[str, Any]) -> dict[str, Any]:
     """``inputs`` with every floating-point tensor (pixels, features, embeddings) in float64."""
+    return cast_inputs(inputs, torch.float64)
+
+
+def cast_inputs(inputs: dict[str, Any], dtype: torch.dtype, device: torch.device | None = None) -> dict[str, Any]:
+    """``inputs`` with every floating-point tensor in ``dtype``, and every tensor on ``device`` when given."""
     return {
-        key: value.double() if isinstance(value, Tensor) and value.is_floating_point() else value
+        key: value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
+        if isinstance(value, Tensor)
+        else value
         for key, value in inputs.items()
     }
 
