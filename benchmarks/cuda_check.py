@@ -3,7 +3,8 @@
 1. ``bt doctor``: nested tensors and the fused kernel run on this GPU.
 2. ``bt check`` on every model type the installed plugins convert, on the GPU: a right-padded and a
    left-padded batch against the original, in float32 (the engine's choice, and each strategy forced)
-   and in float16 and bfloat16 (the engine's choice). A forced strategy a layer cannot take is "n/a".
+   in float16 and bfloat16 (the engine's choice), and float32 models under ``torch.autocast`` to float16 and
+   to bfloat16. A forced strategy a layer cannot take is "n/a".
 3. The CUDA rows of BENCHMARKS.md: BERT-base, batch 64, length 256, float16, 0% and 50% padding, with
    the engine's choice (``fused`` on padded batches) and with ``packed`` and ``fused`` forced.
 
@@ -38,6 +39,8 @@ CHECKS = [
     ("fp32 dense", ["--dtype", "float32", "--strategy", "dense"]),
     ("fp16 auto", ["--dtype", "float16"]),
     ("bf16 auto", ["--dtype", "bfloat16"]),
+    ("fp16 autocast", ["--autocast", "float16"]),
+    ("bf16 autocast", ["--autocast", "bfloat16"]),
 ]
 BENCH = ["--model", "bert-base", "--batch", "64", "--length", "256", "--padding", "0,50", "--dtype", "float16"]
 
@@ -50,7 +53,7 @@ def largest_difference(output: str) -> float | None:
 
 def run_checks(device: str, types: list[str], log: io.TextIOBase) -> int:
     failures = 0
-    print(f"{'MODEL TYPE':<22}" + "".join(f"{label:>13}" for label, _ in CHECKS))
+    print(f"{'MODEL TYPE':<22}" + "".join(f"{label:>15}" for label, _ in CHECKS))
     for model_type in types:
         cells = []
         for label, extra in CHECKS:
@@ -69,7 +72,7 @@ def run_checks(device: str, types: list[str], log: io.TextIOBase) -> int:
                 failures += 1
                 cells.append(f"FAIL({code})")
                 print(f"--- {model_type} {label}: exit {code}\n{output.strip()}", file=sys.stderr)
-        print(f"{model_type:<22}" + "".join(f"{cell:>13}" for cell in cells), flush=True)
+        print(f"{model_type:<22}" + "".join(f"{cell:>15}" for cell in cells), flush=True)
     return failures
 
 

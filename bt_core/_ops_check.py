@@ -7,6 +7,7 @@ command; the model to compare is built or loaded by ``_ops_check_models``."""
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import warnings
 from typing import TYPE_CHECKING
@@ -71,6 +72,12 @@ def add_check_parser(subparsers: argparse._SubParsersAction) -> None:
         default="float32",
         help="cast both models (and floating inputs) to this dtype (default: float32)",
     )
+    parser.add_argument(
+        "--autocast",
+        choices=sorted(set(DEFAULT_ATOL) - {"float32"}),
+        default=None,
+        help="run both float32 models under torch.autocast(device, this dtype), as mixed-precision inference does",
+    )
 
 
 #: ``--atol`` when none is given: both models run in ``--dtype``, so the two differ by that dtype's
@@ -79,8 +86,10 @@ DEFAULT_ATOL = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 5e-2}
 
 
 def run_check(args: argparse.Namespace) -> int:
+    if args.autocast is not None and args.dtype != "float32":
+        raise _Exit(EXIT_USAGE, f"--autocast runs float32 models; drop --dtype {args.dtype} or --autocast")
     if args.atol is None:
-        args.atol = DEFAULT_ATOL[args.dtype]
+        args.atol = DEFAULT_ATOL[args.autocast or args.dtype]
     if args.atol < 0 or args.batch_size < 1:
         raise _Exit(EXIT_USAGE, "--atol must be >= 0 and --batch-size >= 1")
     registry = _registry()
@@ -126,6 +135,11 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
     inputs = cast_inputs(inputs, dtype, device)
     if (device.type, dtype) != ("cpu", torch.float32):
         described += f", {args.dtype} on {device}"
+    if args.autocast is not None:
+        described += f", under torch.autocast({device.type!r}, torch.{args.autocast})"
+    autocast = functools.partial(
+        torch.autocast, device.type, dtype=getattr(torch, args.autocast or "float32"), enabled=bool(args.autocast)
+    )
     try:
         converted = BetterTransformer.transform(model, keep_original_model=True, registry=registry)
     except (UnsupportedModelError, LayerValidationError) as exc:
@@ -159,7 +173,7 @@ def _check(args: argparse.Namespace, registry: PluginRegistry) -> int:
     bad = 0
     for title, batch, compare in batches:
         try:
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 torch.manual_seed(args.seed)
                 expected = model(**batch)
                 torch.manual_seed(args.seed)

@@ -301,6 +301,42 @@ def test_check_in_a_reduced_precision(
     assert f"{dtype} on cpu" in out and f"OK: every output within --atol {atol}" in out
 
 
+@pytest.mark.parametrize(("dtype", "atol"), [("bfloat16", "0.05"), ("float16", "0.01")])
+def test_check_under_autocast_runs_both_models_under_it(
+    registry: PluginRegistry, dtype: str, atol: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Mixed-precision inference keeps float32 weights and runs under torch.autocast: both models run so."""
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    import bt_core._engine
+
+    registry.register(TinyBert(), "tiny")
+    seen: list[torch.dtype | None] = []
+    real_bert_layer_forward = BertLayer.forward
+
+    def spy(self: torch.nn.Module, *args: object, **kwargs: object) -> object:
+        enabled = torch.is_autocast_enabled("cpu")
+        seen.append(torch.get_autocast_dtype("cpu") if enabled else None)
+        assert self.attention.self.query.weight.dtype == torch.float32
+        return real_bert_layer_forward(self, *args, **kwargs)
+
+    def engine_spy(*args: object, **kwargs: object) -> object:
+        seen_by_bt.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return real_choose_strategy(*args, **kwargs)
+
+    seen_by_bt: list[torch.dtype | None] = []
+    real_choose_strategy = bt_core._engine.choose_strategy
+    monkeypatch.setattr(BertLayer, "forward", spy)
+    monkeypatch.setattr(bt_core._engine, "choose_strategy", engine_spy)
+    assert main(["check", "bert", "--autocast", dtype]) == EXIT_OK, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert f"under torch.autocast('cpu', torch.{dtype})" in out and f"OK: every output within --atol {atol}" in out
+    assert seen and set(seen) == {getattr(torch, dtype)}  # the original's layers
+    assert seen_by_bt and set(seen_by_bt) == {getattr(torch, dtype)}  # the converted model's
+    assert main(["check", "bert", "--autocast", dtype, "--dtype", dtype]) == EXIT_USAGE
+    assert f"--autocast runs float32 models; drop --dtype {dtype} or --autocast" in capsys.readouterr().err
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
 def test_check_on_a_device_torch_cannot_see(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
     registry.register(TinyBert(), "tiny")
