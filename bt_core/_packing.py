@@ -8,6 +8,7 @@ identity or shape; the last layer scatters the tokens back into the padded shape
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -16,6 +17,7 @@ from torch import Tensor
 
 from ._masks import MaskLayout
 from ._math import expand_kv, layer_math, rotary_per_position, rotate, score_mask, window_keep
+from ._short_rows import SHORT_ROW_TOKENS, ShortRows, attend_short_rows
 
 if TYPE_CHECKING:
     from .layer import BetterTransformerBaseLayer, LayerCall
@@ -60,6 +62,13 @@ class Packing:
             elif length:
                 self.runs.append((start, 1, length, [row], query_only))
             start += length
+
+    @functools.cached_property
+    def short_rows(self) -> ShortRows | None:
+        """The rows of at most ``SHORT_ROW_TOKENS`` tokens, attended in one batched call (see
+        ``_short_rows``); None when there are fewer than two."""
+        runs = [run for run in self.runs if run[2] <= SHORT_ROW_TOKENS]
+        return ShortRows(self, runs) if sum(run[1] for run in runs) > 1 else None
 
     @property
     def positions(self) -> Tensor:
@@ -136,8 +145,10 @@ def _row_attention(layer: BetterTransformerBaseLayer, packing: Packing, call: La
     padded queries are never read. The work is the sum of squared row lengths instead of
     ``batch * seq_len**2``: SDPA's CPU flash kernel over BERT-base rows (16 rows of 128 tokens, lengths
     spread uniformly) took 6.3 ms a layer per row at 50% padding against 16.0 ms on the masked padded
-    batch, 2.5 ms against 15.3 ms at 75% (1 thread, medians of 7). Per-row calls cost ~20 us each.
-    A score bias is sliced to each row's real positions; a window is measured in padded positions.
+    batch, 2.5 ms against 15.3 ms at 75% (1 thread, medians of 7). Per-row calls cost ~20 us each, so
+    rows of at most ``SHORT_ROW_TOKENS`` tokens are attended together in one call (``_short_rows``).
+    A score bias is sliced to each row's real positions; a window is measured in padded positions (both
+    keep one call per run).
     """
     batch, seq_len, _ = packing.padded_shape
     needs_positions = call.score_bias is not None or layer.attention_window is not None
@@ -151,8 +162,10 @@ def _row_attention(layer: BetterTransformerBaseLayer, packing: Packing, call: La
         if cos is not None and sin is not None:
             q, k = rotate(q, cos, sin, str(layer.rotary)), rotate(k, cos, sin, str(layer.rotary))
         heads, head_dim = q.shape[-2], q.shape[-1]
+        short = packing.short_rows if positions is None else None  # a bias or window: every row its own call
+        runs = packing.runs if short is None else [run for run in packing.runs if run[2] > SHORT_ROW_TOKENS]
         contexts = []
-        for start, rows, length, batch_rows, query_only in packing.runs:
+        for start, rows, length, batch_rows, query_only in runs:
             stop = start + rows * length
             rq, rk, rv = (t[start:stop].unflatten(0, (rows, length)).transpose(1, 2) for t in (q, k, v))
             rk, rv = expand_kv(layer, rk, rv, head_axis=1)
@@ -169,6 +182,16 @@ def _row_attention(layer: BetterTransformerBaseLayer, packing: Packing, call: La
             # SDPA's CPU kernel lays its output out as its query, (rows, length, heads, head_dim) here, so
             # this is a view; reshape copies only where a kernel did not.
             contexts.append(context.transpose(1, 2).reshape(rows * length, heads * head_dim))
+        if short is not None:
+            short_context = attend_short_rows(
+                short, q, k, v, layer.score_scale, lambda k, v: expand_kv(layer, k, v, head_axis=0)
+            )
+            if short.tokens is None:  # every row is short: already in packed order
+                return short_context
+            out = short_context.new_empty(packing.tokens, heads * head_dim)
+            for (start, rows, length, _, _), context in zip(runs, contexts, strict=True):
+                out[start : start + rows * length] = context
+            return out.index_copy_(0, short.tokens, short_context)
         # One concatenation of contiguous blocks, not one copy per run: a single parallel region, which
         # matters on a busy CPU where every region waits for its slowest thread. One run needs no copy.
         if len(contexts) == 1:

@@ -1,7 +1,7 @@
 """The strategies, and the one place that chooses between them for a call.
 
 - ``fused``: ``torch._transformer_encoder_layer_fwd`` on a nested tensor (``_fused``).
-- ``packed``: real tokens only, attention per row (``_packing``).
+- ``packed``: real tokens only, attention per row, short rows together (``_packing``).
 - ``dense``: ordinary ops and SDPA on the padded batch with the mask as given.
 - ``reference``: differentiable math attention with dropout, head mask and the probabilities.
 

@@ -1,0 +1,129 @@
+"""Attention of a packed batch's short rows in one batched call.
+
+The packed strategy attends each row over its own real tokens (one SDPA call per run of equal-length
+rows). On short rows that costs more in calls than in arithmetic: torch's CPU flash kernel spends
+tens of microseconds per call and a few per (row, head) block whatever the length, so a batch of 32
+rows of 8-22 tokens spent more time in attention than OpenVINO's fused attention over the same batch
+*with* its padding. Rows up to :data:`SHORT_ROW_TOKENS` tokens are therefore laid out padded to the
+longest of them and attended together: one scores GEMM, one softmax, one GEMM with the values, keys
+past a row's length at -inf. The packed token order (what a forward hook between layers sees) is
+unchanged: tokens are copied into the padded layout and back.
+
+The arithmetic follows SDPA's CPU flash kernel, which the original runs on the same rows: for float16
+and bfloat16 inputs, scores, exponentials and their sum in float32, the exponentials rounded to the
+input dtype for the GEMM with the values, accumulated in float32 and divided by the sum at the end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+if TYPE_CHECKING:
+    from ._packing import Packing
+
+__all__ = ["SHORT_ROW_TOKENS", "ShortRows", "attend_short_rows"]
+
+#: Rows of at most this many tokens are attended in one batched call. MiniLM's sorted batches of 32
+#: rows (8-37 tokens) and BERT-base rows measured the batched call faster up to about this length
+#: (BENCHMARKS.md, "Your model on your texts"); beyond it the padded scores grow quadratically.
+SHORT_ROW_TOKENS = 32
+
+#: The padded layout's least length (see ``ShortRows``).
+MIN_KEYS = 16
+
+_REDUCED = (torch.float16, torch.bfloat16)
+
+
+class ShortRows:
+    """Where a packing's short rows sit, in the packed matrix and in their padded layout.
+
+    ``tokens``: the packed index of each short-row token (None when every token is in a short row, in
+    which case the packed order is already theirs); ``slots``: each of those tokens' place in the
+    ``(rows * length)`` padded layout; ``key_keep``: ``(rows, length)``, True on a key a row attends to.
+    """
+
+    def __init__(self, packing: Packing, runs: list[tuple[int, int, int, list[int], bool]]) -> None:
+        device = packing.index.device
+        lengths = [length for _, rows, length, _, _ in runs for _ in range(rows)]
+        # At least 16 keys: torch's CPU softmax is scalar over a last dimension under 16 (9 ns an element
+        # against 0.6 ns at 16, measured on AVX-512); the extra keys are at -inf.
+        self.rows, self.length = len(lengths), max(*lengths, MIN_KEYS)
+        starts = [start + r * length for start, rows, length, _, _ in runs for r in range(rows)]
+        query_only = [flag for _, rows, _, _, flag in runs for _ in range(rows)]
+        self.tokens: Tensor | None = None
+        if sum(lengths) != packing.tokens:
+            self.tokens = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lengths, strict=True)]).to(device)
+        self.slots = torch.cat(
+            [torch.arange(n) + row * self.length for row, n in enumerate(lengths)]
+        ).to(device)  # fmt: skip
+        positions = torch.arange(self.length)
+        keep = positions[None, :] < torch.tensor(lengths)[:, None]
+        # A left-padded row's position 0 is a query only: no key attends to it (see Packing).
+        keep[:, 0] &= ~torch.tensor(query_only)
+        self.key_keep = keep.to(device)
+        self._bias: dict[tuple[int, torch.dtype], Tensor] = {}
+
+    def key_bias(self, heads: int, dtype: torch.dtype) -> Tensor:
+        """``(heads * rows, 1, length)``, head-major: 0 on the keys each row attends to, -inf elsewhere."""
+        if (heads, dtype) not in self._bias:
+            bias = torch.zeros(self.key_keep.shape, dtype=dtype, device=self.key_keep.device)
+            bias.masked_fill_(~self.key_keep, float("-inf"))
+            self._bias[heads, dtype] = bias.repeat(heads, 1)[:, None, :]
+        return self._bias[heads, dtype]
+
+
+def attend_short_rows(
+    short: ShortRows,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    scale: float | None,
+    expand_kv: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+) -> Tensor:
+    """Attention of the short rows: q ``(tokens, heads, head_dim)``, k/v ``(tokens, kv_heads, head_dim)``
+    of the whole packed batch -> ``(short tokens, heads * head_dim)``, in ``short.tokens``' order.
+    ``expand_kv(k, v)`` repeats grouped key/value heads along axis 0.
+
+    The padded layout is head-major, ``(heads, rows * length, head_dim)``: each (head, row) block is
+    contiguous, so the GEMMs take it as ``(heads * rows)`` matrices without another copy."""
+    rows, length = short.rows, short.length
+    dtype = _sdpa_input_dtype(q)
+
+    def padded(t: Tensor) -> Tensor:  # (tokens, heads, dim) -> (heads, rows, length, dim), zeros past a row
+        picked = (t if short.tokens is None else t.index_select(0, short.tokens)).to(dtype)
+        buffer = t.new_zeros(t.shape[1], rows * length, t.shape[2], dtype=dtype)
+        return buffer.index_copy_(1, short.slots, picked.transpose(0, 1)).view(t.shape[1], rows, length, t.shape[2])
+
+    pq, (pk, pv) = padded(q), expand_kv(padded(k), padded(v))
+    heads, head_dim = pq.shape[0], pq.shape[3]
+    accumulate = torch.float32 if dtype in _REDUCED else dtype
+    with torch.autocast(q.device.type, enabled=False):  # the dtypes below are SDPA's, not autocast's
+        queries, keys, values = (t.reshape(heads * rows, length, head_dim).to(accumulate) for t in (pq, pk, pv))
+        scores = torch.baddbmm(
+            short.key_bias(heads, accumulate), queries, keys.transpose(1, 2),
+            alpha=head_dim**-0.5 if scale is None else scale,
+        )  # fmt: skip
+        if dtype == accumulate:
+            context = torch.bmm(scores.softmax(dim=-1), values)
+        else:
+            # As the flash kernel in float16/bfloat16: the exponentials rounded to the input dtype for the
+            # GEMM with the values, and the sum of the unrounded ones dividing the float32 result. (Rounding
+            # softmax's normalised weights instead measured a larger error than autocast's own.)
+            weights = scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+            total = weights.sum(dim=-1, keepdim=True)
+            context = torch.bmm(weights.to(dtype).to(accumulate), values).div_(total).to(dtype)
+    picked = context.view(heads, rows * length, head_dim).index_select(1, short.slots)
+    return picked.transpose(0, 1).reshape(picked.shape[1], heads * head_dim)
+
+
+def _sdpa_input_dtype(q: Tensor) -> torch.dtype:
+    """The dtype SDPA computes ``q`` in: autocast casts its floating inputs (float64 aside) to the
+    autocast dtype, e.g. a query that rotary positions promoted to float32."""
+    device = q.device.type
+    if torch.is_autocast_enabled(device) and q.is_floating_point() and q.dtype != torch.float64:
+        return torch.get_autocast_dtype(device)
+    return q.dtype
