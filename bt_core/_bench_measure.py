@@ -10,6 +10,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ._allocator import allocator_state
+
 __all__ = ["cpu_name", "gemm_probe", "machine", "param_bytes", "time_rounds", "timer"]
 
 
@@ -122,6 +124,7 @@ def machine(device: Any) -> dict[str, Any]:
         "device": str(device),
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
+        "malloc": allocator_state(),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

@@ -11,6 +11,7 @@ import sys
 import warnings
 from typing import Any
 
+from ._allocator import allocator_plan
 from .hookspecs import PLUGIN_API_VERSION
 from .ops import EXIT_MISMATCH, EXIT_OK, _quiet_registry, _registry, _shipped_by, _subcommand
 from .registry import DISABLE_ENV
@@ -102,6 +103,7 @@ def run_doctor(args: argparse.Namespace) -> int:
         print(f"cuda           {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
     else:
         print("cuda           not available")
+    print(f"allocator      {allocator_plan()[1]}")
     for device in devices:
         nested_problem, kernel_problem = _probe_kernel(device)
         print(f"nested tensors ({device}): {'ok' if nested_problem is None else 'FAILED: ' + nested_problem}")

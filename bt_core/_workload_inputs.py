@@ -92,6 +92,7 @@ def padding_fraction(order: Order, attention_mask: Callable[[list[str]], Any]) -
 
 def machine_info(threads: int) -> dict[str, Any]:
     """What the numbers were measured on: CPU, core count, threads and the versions of every runtime."""
+    from ._allocator import allocator_state
     from ._bench_measure import cpu_name
 
     info: dict[str, Any] = {
@@ -99,6 +100,7 @@ def machine_info(threads: int) -> dict[str, Any]:
         "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "threads": threads,
+        "malloc": allocator_state(),
     }
     for distribution in ("torch", "transformers", "sentence-transformers", "onnx", "onnxruntime", "openvino"):
         try:

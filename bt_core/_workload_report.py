@@ -89,6 +89,7 @@ def format_table(result: dict[str, Any]) -> str:
         "(rows alternate within a round)",
         f"model {model['folder']}: {model['source']}",
         f"machine: {machine['cpu']}, {machine['cpu_count']} cores; {versions}",
+        *([f"malloc: {machine['malloc']}"] if machine.get("malloc") else []),
         "orders: " + "; ".join(f"{o['description']}, {o['padding_fraction']:.1%} padding" for o in orders.values()),
         *[f"note: {note}" for note in model["notes"]],
         "",

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from . import _hf_compat
+from ._allocator import keep_freed_memory
 from ._known_packs import pack_for
 from ._modules import is_wrapper
 from ._preflight import check_attention_implementation, preflight
@@ -48,7 +49,8 @@ class BetterTransformer:
         ``model`` may be a transformers model, a task-head model, or any module containing one
         (a sentence-transformers ``SentenceTransformer``). In place by default, keeping no duplicate
         weights; with ``keep_original_model=True`` a deep copy is converted and ``model`` is left
-        untouched. On any error the model is left exactly as it was.
+        untouched. On any error the model is left exactly as it was. Converting for the CPU on glibc
+        also keeps freed memory for reuse, process-wide (``BT_MALLOC=system`` opts out; see ``_allocator``).
         """
         registry = registry or default_registry()
         if BetterTransformer.is_converted(model):
@@ -63,6 +65,9 @@ class BetterTransformer:
         with torch.inference_mode(False), torch.no_grad():
             swaps = _plan(target, registry)
             _commit(target, swaps)
+        first = next(target.parameters(), None)
+        if first is None or first.device.type == "cpu":
+            keep_freed_memory()  # see _allocator: batches stop faulting their temporaries in page by page
         return target
 
     @staticmethod

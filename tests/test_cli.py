@@ -179,6 +179,15 @@ def test_doctor_healthy(registry: PluginRegistry, capsys: pytest.CaptureFixture[
     assert "All good." in out
 
 
+def test_doctor_says_what_bt_does_to_malloc(
+    registry: PluginRegistry, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    registry.register(TinyBert(), "tiny")
+    monkeypatch.setenv("BT_MALLOC", "system")
+    assert main(["doctor"]) == EXIT_OK
+    assert "allocator      malloc left as is (BT_MALLOC=system)\n" in capsys.readouterr().out
+
+
 def test_doctor_reports_failed_plugins(registry: PluginRegistry, capsys: pytest.CaptureFixture[str]) -> None:
     registry.register(TinyBert(), "tiny")
     registry.register(Crashes(), "crashes")
