@@ -30,7 +30,7 @@ __all__ = ["SHORT_ROW_TOKENS", "ShortRows", "attend_short_rows"]
 #: Rows of at most this many tokens are attended in one batched call. MiniLM's sorted batches of 32
 #: rows (8-37 tokens) and BERT-base rows measured the batched call faster up to about this length
 #: (BENCHMARKS.md, "Your model on your texts"); beyond it the padded scores grow quadratically.
-SHORT_ROW_TOKENS = int(__import__("os").environ.get("SRT", "32"))
+SHORT_ROW_TOKENS = 32
 
 #: The padded layout's least length (see ``ShortRows``).
 MIN_KEYS = 16
