@@ -3,10 +3,9 @@
 torch's CPU tensors come from the C library's ``malloc``. glibc serves large blocks with ``mmap`` and hands
 a heap top above its trim threshold back to the OS, so a forward pass that makes and frees tens of MB of
 temporaries faults every page back in on the next batch. Over MiniLM's 512 sorted texts (batches of 32)
-bt took 23,000-29,000 minor page faults per pass under bf16 autocast and 9,000 in float32; OpenVINO,
-which pools its own memory, about 40. With the mmap threshold at glibc's own dynamic maximum (32 MiB)
-and the trim threshold at 128 MiB, bt took 8-11 faults per pass and its peak memory did not change
-(BENCHMARKS.md, "Your model on your texts").
+bt took 9,000 minor page faults per pass in float32 and 32,000 under bf16 autocast; OpenVINO, which pools
+its own memory, about 30. With the mmap threshold at glibc's own dynamic maximum (32 MiB) and the trim
+threshold at 128 MiB, none, at the same peak memory (``benchmarks/texts_model_only.py``, BENCHMARKS.md).
 
 ``BetterTransformer.transform`` applies this once per process when it converts a model for the CPU, on
 glibc only, and not where the user already chose: ``BT_MALLOC=system``, glibc's own ``MALLOC_*_`` or

@@ -13,13 +13,16 @@ from typing import Any
 
 __all__ = ["KINDS", "format_profile", "profile_call"]
 
-#: (kind, substrings of the operator name), tried in order: SDPA's kernels before the GEMMs' names.
+#: (kind, substrings of the operator name), tried in order: SDPA's kernels before the GEMMs' names. Batched
+#: matrix products are attention's (scores and values: eager attention, bt's short rows); projections are
+#: ``linear``/``addmm``/``mm``.
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("attention", ("scaled_dot_product", "flash_attention", "softmax", "_transformer_encoder_layer")),
+    ("attention", ("bmm", "amax", "exp_")),  # bmm covers baddbmm; exp_, not "exp", which expand contains
     ("norms", ("layer_norm", "rms_norm", "rsqrt")),
     ("activation", ("gelu", "relu", "silu", "tanh", "sigmoid")),
     ("gather/scatter/copies", ("index", "copy", "cat", "nonzero", "nested", "contiguous", "clone")),
-    ("projections (GEMM)", ("linear", "addmm", "aten::mm", "bmm", "matmul", "baddbmm")),
+    ("projections (GEMM)", ("linear", "addmm", "aten::mm", "matmul")),
     ("residual adds, scaling", ("add", "mul", "div")),
 )
 OTHER = "other"
