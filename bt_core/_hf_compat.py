@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 try:  # transformers >= 5.10
     from transformers.utils import output_capturing as _capturing
@@ -96,3 +96,17 @@ def _contains(module: nn.Module, target: type, layer_name: str | None = None, pa
         isinstance(m, target) and (wanted is None or wanted in f".{path_in_model}.{path}.")
         for path, m in module.named_modules()
     )
+
+
+class AttentionProbe(nn.Module):
+    """A parameter-free module the reference path calls with the attention probabilities.
+
+    transformers records ``output_attentions`` with forward hooks on attention modules; a converted
+    layer has none, so the conversion hooks this probe instead.
+    """
+
+    def forward(self, context: Tensor, probabilities: Tensor) -> tuple[Tensor, Tensor]:
+        return context, probabilities
+
+    def __getstate__(self) -> dict[str, Any]:
+        return without_capture_hooks(self.__dict__)

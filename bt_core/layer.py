@@ -38,7 +38,7 @@ from ._autocast_weights import CACHE_ATTRIBUTE
 from ._declare import DeclaringLayer
 from ._engine import run_layer
 from ._fused import clamp_float16
-from ._hf_compat import output_capture_requested, reinstall_output_capture, without_capture_hooks
+from ._hf_compat import AttentionProbe, output_capture_requested, reinstall_output_capture, without_capture_hooks
 from ._masks import add_causal
 from ._math import project_qkv
 from ._restore import FUSED_PARAMETERS
@@ -84,20 +84,6 @@ class LayerCall:
     output_attentions: bool = False
     rotary: tuple[Tensor, Tensor] | None = None
     score_bias: Tensor | None = None
-
-
-class AttentionProbe(nn.Module):
-    """A parameter-free module the reference path calls with the attention probabilities.
-
-    transformers records ``output_attentions`` with forward hooks on attention modules; a converted
-    layer has none, so the conversion hooks this probe instead.
-    """
-
-    def forward(self, context: Tensor, probabilities: Tensor) -> tuple[Tensor, Tensor]:
-        return context, probabilities
-
-    def __getstate__(self) -> dict[str, Any]:
-        return without_capture_hooks(self.__dict__)
 
 
 class BetterTransformerBaseLayer(DeclaringLayer):
