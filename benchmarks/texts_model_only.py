@@ -18,7 +18,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import inspect
 import resource
 import shutil
 import statistics
@@ -33,7 +32,7 @@ import torch
 
 from bt_core import BetterTransformer, _packing
 from bt_core._bench_profile import format_profile, profile_call
-from bt_core._runtimes import OnnxExport, RuntimeUnavailable, missing
+from bt_core._runtimes import OnnxExport, RuntimeUnavailable, missing, openvino_compiled
 from bt_core._workload_inputs import make_orders
 from bt_core._workload_model import load_workload
 
@@ -42,17 +41,12 @@ def faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def openvino_pass(
-    graph: Path, names: list[str], batches: list[dict[str, Any]], args: argparse.Namespace
-) -> Callable[[], None]:
+def openvino_pass(graph: Path, batches: list[dict[str, Any]], args: argparse.Namespace) -> Callable[[], None]:
     import numpy as np
-    import openvino
 
-    config = {
-        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": args.threads,
-        "INFERENCE_PRECISION_HINT": "bf16" if args.autocast else "f32", "PERF_COUNT": args.counters,
-    }  # fmt: skip
-    request = openvino.Core().compile_model(str(graph), "CPU", config).create_infer_request()
+    compiled = openvino_compiled(graph, args.threads, "bf16" if args.autocast else "f32", perf_count=args.counters)
+    request = compiled.create_infer_request()
+    names = [port.any_name for port in compiled.inputs]  # the graph's inputs, by the tokenizer's names
     feeds = [{name: batch[name].numpy().astype(np.int64) for name in names} for batch in batches]
 
     def run() -> None:
@@ -129,9 +123,7 @@ def main() -> int:
                 if graph is None or not graph.is_file():
                     export = OnnxExport(workload, list(order.batches[0]), Path(directory))
                     graph = export.plain() if graph is None else shutil.copyfile(export.plain(), graph)
-                accepted = inspect.signature(workload.model.forward).parameters
-                names = [name for name in batches[0] if name in accepted]
-                passes["OpenVINO"] = openvino_pass(Path(graph), names, batches, args)
+                passes["OpenVINO"] = openvino_pass(Path(graph), batches, args)
             except RuntimeUnavailable as exc:
                 reason = str(exc)
         if reason is not None:

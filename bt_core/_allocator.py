@@ -34,22 +34,8 @@ _applied: str | None = None
 
 def allocator_plan() -> tuple[bool, str]:
     """Whether bt tunes malloc in this process, and why (``bt doctor`` prints it)."""
-    if os.environ.get(ENV, "").strip().lower() == "system":
-        return False, f"malloc left as is ({ENV}=system)"
-    chosen = [name for name in _USER_SETTINGS if name in os.environ]
-    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
-        chosen.append("GLIBC_TUNABLES")
-    if chosen:
-        return False, f"malloc left as is (set by {', '.join(chosen)})"
-    preloaded = os.environ.get("LD_PRELOAD", "")
-    if "malloc" in preloaded or "jemalloc" in preloaded:
-        return False, "malloc left as is (an allocator in LD_PRELOAD)"
-    if _glibc() is None:
-        return False, "malloc left as is (not glibc)"
-    return True, (
-        f"glibc malloc keeps freed memory for reuse (mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold "
-        f"{TRIM_THRESHOLD >> 20} MiB) once a model is converted for the CPU; {ENV}=system leaves it as is"
-    )
+    libc, description = _plan()
+    return libc is not None, description
 
 
 def keep_freed_memory() -> str:
@@ -57,8 +43,7 @@ def keep_freed_memory() -> str:
     global _applied
     with _lock:
         if _applied is None:
-            apply, description = allocator_plan()
-            libc = _glibc() if apply else None
+            libc, description = _plan()
             if libc is not None:
                 done = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD) == 1
                 done = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD) == 1 and done
@@ -70,6 +55,26 @@ def keep_freed_memory() -> str:
 def allocator_state() -> str:
     """What :func:`keep_freed_memory` did in this process, for benchmark reports."""
     return _applied or "malloc as the process started (no model converted for the CPU yet)"
+
+
+def _plan() -> tuple[ctypes.CDLL | None, str]:
+    """glibc's library when bt should tune it (else None), and the one-line reason."""
+    if os.environ.get(ENV, "").strip().lower() == "system":
+        return None, f"malloc left as is ({ENV}=system)"
+    chosen = [name for name in _USER_SETTINGS if name in os.environ]
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        chosen.append("GLIBC_TUNABLES")
+    if chosen:
+        return None, f"malloc left as is (set by {', '.join(chosen)})"
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc
+        return None, "malloc left as is (an allocator in LD_PRELOAD)"
+    libc = _glibc()
+    if libc is None:
+        return None, "malloc left as is (not glibc)"
+    return libc, (
+        f"glibc malloc keeps freed memory for reuse (mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold "
+        f"{TRIM_THRESHOLD >> 20} MiB) once a model is converted for the CPU; {ENV}=system leaves it as is"
+    )
 
 
 def _glibc() -> ctypes.CDLL | None:

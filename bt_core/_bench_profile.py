@@ -17,8 +17,11 @@ __all__ = ["KINDS", "format_profile", "profile_call"]
 #: matrix products are attention's (scores and values: eager attention, bt's short rows); projections are
 #: ``linear``/``addmm``/``mm``.
 KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("attention", ("scaled_dot_product", "flash_attention", "softmax", "_transformer_encoder_layer")),
-    ("attention", ("bmm", "amax", "exp_")),  # bmm covers baddbmm; exp_, not "exp", which expand contains
+    # bmm covers baddbmm; exp_, not "exp", which expand contains.
+    (
+        "attention",
+        ("scaled_dot_product", "flash_attention", "softmax", "_transformer_encoder_layer", "bmm", "amax", "exp_"),
+    ),
     ("norms", ("layer_norm", "rms_norm", "rsqrt")),
     ("activation", ("gelu", "relu", "silu", "tanh", "sigmoid")),
     ("gather/scatter/copies", ("index", "copy", "cat", "nonzero", "nested", "contiguous", "clone")),

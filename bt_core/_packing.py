@@ -70,6 +70,11 @@ class Packing:
         runs = [run for run in self.runs if run[2] <= SHORT_ROW_TOKENS]
         return ShortRows(self, runs) if sum(run[1] for run in runs) > 1 else None
 
+    @functools.cached_property
+    def long_runs(self) -> list[tuple[int, int, int, list[int], bool]]:
+        """The runs ``short_rows`` leaves to one SDPA call each (every run when it is None)."""
+        return self.runs if self.short_rows is None else [run for run in self.runs if run[2] > SHORT_ROW_TOKENS]
+
     @property
     def positions(self) -> Tensor:
         """Each packed token's position in its row of the padded batch."""
@@ -163,7 +168,7 @@ def _row_attention(layer: BetterTransformerBaseLayer, packing: Packing, call: La
             q, k = rotate(q, cos, sin, str(layer.rotary)), rotate(k, cos, sin, str(layer.rotary))
         heads, head_dim = q.shape[-2], q.shape[-1]
         short = packing.short_rows if positions is None else None  # a bias or window: every row its own call
-        runs = packing.runs if short is None else [run for run in packing.runs if run[2] > SHORT_ROW_TOKENS]
+        runs = packing.runs if short is None else packing.long_runs
         contexts = []
         for start, rows, length, batch_rows, query_only in runs:
             stop = start + rows * length

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._workload_model import Workload
 
-__all__ = ["OnnxExport", "RuntimeUnavailable", "missing", "onnxruntime_row", "openvino_row"]
+__all__ = ["OnnxExport", "RuntimeUnavailable", "missing", "onnxruntime_row", "openvino_compiled", "openvino_row"]
 
 #: Model types whose layers have BERT's shape, for which ONNX Runtime's transformer optimizer fuses
 #: embeddings, attention, bias-gelu and skip-layer-norms (``optimize_model(..., model_type="bert")``).
@@ -191,9 +191,9 @@ def onnxruntime_row(export: OnnxExport, threads: int, int8: bool = False) -> tup
     return run, note
 
 
-def openvino_row(export: OnnxExport, threads: int, precision: str = "f32") -> tuple[Run, str]:
-    """OpenVINO on the exported graph, compiled for the CPU with ``precision`` as inference precision."""
-    import numpy as np
+def openvino_compiled(graph: Path, threads: int, precision: str = "f32", perf_count: bool = False) -> Any:
+    """``graph`` compiled by OpenVINO for the CPU, ``precision`` as its inference precision (``perf_count``:
+    per-node timings kept for ``get_profiling_info``)."""
     import openvino
 
     core = openvino.Core()
@@ -201,11 +201,16 @@ def openvino_row(export: OnnxExport, threads: int, precision: str = "f32") -> tu
     # threads, where THROUGHPUT would split them into streams only parallel requests could fill.
     config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": precision}
     try:
-        compiled = core.compile_model(core.read_model(str(export.plain())), "CPU", config)
-    except RuntimeUnavailable:
-        raise
+        return core.compile_model(core.read_model(str(graph)), "CPU", {**config, "PERF_COUNT": perf_count})
     except Exception as exc:
         raise RuntimeUnavailable(_reason("OpenVINO compile", exc)) from exc
+
+
+def openvino_row(export: OnnxExport, threads: int, precision: str = "f32") -> tuple[Run, str]:
+    """OpenVINO on the exported graph, compiled for the CPU with ``precision`` as inference precision."""
+    import numpy as np
+
+    compiled = openvino_compiled(export.plain(), threads, precision)
     request = compiled.create_infer_request()
     hint = compiled.get_property("INFERENCE_PRECISION_HINT")
     actual = hint.to_string() if hasattr(hint, "to_string") else str(hint)  # an openvino.Type: "f32", "bf16"
