@@ -8,7 +8,11 @@ attention, norms, activations or moving tokens.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from typing import Any
 
 __all__ = ["KINDS", "format_profile", "profile_call"]
@@ -30,6 +34,10 @@ KINDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 OTHER = "other"
 
+#: The line starts of what torch's profiler back end (kineto) writes to the process's stderr, from C++, each
+#: time a profile starts and stops: markers for tracing tools, not messages for the user.
+_PROFILER_MARKERS = (b"STAGE:", b"USDT:")
+
 
 def _kind(name: str) -> str:
     for kind, patterns in KINDS:
@@ -46,7 +54,7 @@ def profile_call(call: Callable[[], Any], device: Any) -> dict[str, Any]:
 
     cuda = torch.device(device).type == "cuda"
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
-    with profile(activities=activities) as prof:
+    with _without_profiler_markers(), profile(activities=activities) as prof:
         call()
         if cuda:
             torch.cuda.synchronize()
@@ -59,6 +67,26 @@ def profile_call(call: Callable[[], Any], device: Any) -> dict[str, Any]:
     total = sum(totals.values()) or 1.0
     shares = {kind: totals[kind] / total for kind in sorted(totals, key=totals.__getitem__, reverse=True)}
     return {"total_ms": total / 1e3, "shares": shares}
+
+
+@contextlib.contextmanager
+def _without_profiler_markers() -> Iterator[None]:
+    """The process's stderr (file descriptor 2, where C++ writes) held in a temporary file meanwhile, then
+    passed on without the profiler's start/stop markers: a warning or error written meanwhile still shows."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = [line for line in held.read().splitlines(keepends=True) if not line.startswith(_PROFILER_MARKERS)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 def format_profile(label: str, result: dict[str, Any]) -> str:

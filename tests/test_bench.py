@@ -389,3 +389,24 @@ def test_profile_names_operators_by_the_work_they_do() -> None:
     assert _kind("aten::index_select") == _kind("aten::copy_") == "gather/scatter/copies"
     assert _kind("aten::add_") == "residual adds, scaling"
     assert _kind("aten::empty") == "other"
+
+
+def test_profiling_drops_the_profilers_own_stderr_markers_and_keeps_everything_else(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """kineto writes "STAGE:"/"USDT:" lines to file descriptor 2 around every profile; what the profiled call
+    itself writes there (a C++ warning, say) is passed on."""
+    import os
+
+    import torch
+
+    from bt_core._bench_profile import profile_call
+
+    def call() -> None:
+        torch.ones(4).add_(1)
+        os.write(2, b"a warning from the call\n")
+
+    profile_call(call, "cpu")
+    err = capfd.readouterr().err
+    assert "a warning from the call" in err
+    assert "USDT:" not in err and "STAGE:" not in err
