@@ -8,6 +8,8 @@ which the model derives its frame mask; group-norm base models are fed zero-padd
 mask, as their feature extractor does (``return_attention_mask=False``), so every frame is work.
 
 Whisper (``input_features``) always pads to 30 s of log-mel features and takes no mask: no padding.
+Speech2Text (``input_features`` too) reads filter-bank frames with an attention mask, as its feature
+extractor gives them; each row gets the frames its stride-2 convolutions turn into its encoder frames.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 #: The sampling rate of the wav2vec2 family's feature extractors, to report rows in seconds.
 SAMPLING_RATE = 16_000
 
-__all__ = ["SAMPLING_RATE", "audio_inputs", "audio_samples", "describe_audio", "takes_audio_mask"]
+__all__ = ["SAMPLING_RATE", "audio_inputs", "audio_samples", "describe_audio", "filterbank_frames", "takes_audio_mask"]
 
 
 def _conv_stack(config: Any) -> list[tuple[int, int]]:
@@ -51,6 +53,20 @@ def _is_whisper_like(config: Any) -> bool:
     return hasattr(config, "num_mel_bins") and hasattr(config, "max_source_positions")
 
 
+def _is_speech2text_like(config: Any) -> bool:
+    return hasattr(config, "input_feat_per_channel") and hasattr(config, "num_conv_layers")
+
+
+def filterbank_frames(config: Any, frames: int) -> int:
+    """The fewest filter-bank frames Speech2Text's subsampler turns into ``frames`` encoder frames: each of
+    its ``num_conv_layers`` convolutions has stride 2 and keeps ``ceil(n / 2)`` of ``n`` frames."""
+    if frames < 1:
+        raise ValueError(f"an audio row needs at least one frame, not {frames}")
+    for _ in range(int(config.num_conv_layers)):
+        frames = 2 * frames - 1
+    return frames
+
+
 def audio_inputs(
     model: Any, length: int, rows: Sequence[int], padded: bool, device: Any, dtype: Any, generator: Any
 ) -> tuple[dict, list[int]]:
@@ -60,11 +76,13 @@ def audio_inputs(
 
     config = model.config
     batch = len(rows)
+    if model.main_input_name == "input_features" and _is_speech2text_like(config):
+        return _filterbank_inputs(config, length, rows, device, dtype, generator)
     if model.main_input_name == "input_features":
         if not _is_whisper_like(config):
             raise ValueError(
-                f"bt bench feeds log-mel features to Whisper-style models only; {type(model).__name__} "
-                f"(model type {config.model_type!r}) is not one"
+                f"bt bench feeds log-mel features to Whisper- and Speech2Text-style models only; "
+                f"{type(model).__name__} (model type {config.model_type!r}) is neither"
             )
         if padded:
             raise ValueError("Whisper pads every input to 30 s and takes no mask: use --padding 0 and no --lengths")
@@ -89,9 +107,30 @@ def audio_inputs(
     return inputs, [length] * batch
 
 
+def _filterbank_inputs(
+    config: Any, length: int, rows: Sequence[int], device: Any, dtype: Any, generator: Any
+) -> tuple[dict, list[int]]:
+    """Speech2Text's batch: zero-padded filter-bank frames and their attention mask; the roofline counts
+    each row's real encoder frames."""
+    import torch
+
+    total = filterbank_frames(config, length)
+    real_frames = torch.tensor([filterbank_frames(config, n) for n in rows])
+    real = torch.arange(total)[None, :] < real_frames[:, None]
+    features = int(config.input_feat_per_channel) * int(getattr(config, "input_channels", 1))
+    values = torch.randn(len(rows), total, features, generator=generator) * real[:, :, None]
+    inputs = {"input_features": values.to(device=device, dtype=dtype), "attention_mask": real.long().to(device)}
+    return inputs, list(rows)
+
+
 def describe_audio(model: Any) -> str:
     """One line on how the audio batch is fed, for the table and the JSON."""
     config = model.config
+    if model.main_input_name == "input_features" and _is_speech2text_like(config):
+        return (
+            "filter-bank frames with an attention mask (as Speech2Text's feature extractor); the roofline counts "
+            "each row's real encoder frames"
+        )
     if model.main_input_name == "input_features":
         return "log-mel features padded to 30 s, no mask (as Whisper's feature extractor); no padding to skip"
     if takes_audio_mask(config):

@@ -314,6 +314,41 @@ def test_whisper_takes_no_padding_and_runs_its_whole_30_seconds(tmp_path: Path) 
         bench._make_inputs(model, 2, 12, 0.0, cpu, torch.float32)
 
 
+TINY_SPEECH2TEXT = {"model_type": "speech_to_text", "d_model": 32, "encoder_layers": 2, "decoder_layers": 2,
+                    "encoder_attention_heads": 2, "decoder_attention_heads": 2, "encoder_ffn_dim": 64,
+                    "decoder_ffn_dim": 64, "input_feat_per_channel": 8, "input_channels": 1, "conv_channels": 16,
+                    "conv_kernel_sizes": [5, 5], "num_conv_layers": 2, "max_source_positions": 64,
+                    "max_target_positions": 16, "vocab_size": 99}  # fmt: skip
+
+
+def test_speech2text_rows_are_masked_filter_bank_frames_of_their_encoder_frames(tmp_path: Path) -> None:
+    import torch
+
+    from bt_core._bench_audio import filterbank_frames
+
+    model, _ = bench._load_model(_write(tmp_path, "speech_to_text", TINY_SPEECH2TEXT))
+    assert type(model).__name__ == "Speech2TextEncoder"
+    inputs, frames = bench._make_inputs(model, 3, 12, 0.0, torch.device("cpu"), torch.float32, lengths=[5, 12, 1])
+    assert frames == [5, 12, 1]  # the roofline counts each row's real encoder frames
+    mask = inputs["attention_mask"]
+    assert mask.sum(-1).tolist() == [filterbank_frames(model.config, n) for n in (5, 12, 1)] == [17, 45, 1]
+    assert model._get_feat_extract_output_lengths(mask.sum(-1)).tolist() == [5, 12, 1]
+    assert inputs["input_features"].shape == (3, 45, 8)
+    assert (inputs["input_features"] * (1 - mask)[:, :, None] == 0).all()  # padding is silence
+    with torch.inference_mode():
+        assert model(**inputs).last_hidden_state.shape[1] == 12  # the padded length, in encoder frames
+    assert "filter-bank frames with an attention mask" in describe_inputs(model)
+
+
+def test_a_speech2text_encoder_is_timed_on_its_masked_frames(tmp_path: Path) -> None:
+    _needs_adapter("speech_to_text")
+    spec = _write(tmp_path, "speech_to_text", TINY_SPEECH2TEXT)
+    result = bench.run_bench(spec, batch=3, lengths=(4, 12), runs=1, warmup=0, threads=1, eager=False, progress=False)
+    (row,) = result["rows"]
+    assert row["real_tokens"] == 4 + 8 + 12 and row["padding"] == pytest.approx(1 - 24 / 36)
+    assert row["strategies"] and row["bt_s"] > 0
+
+
 def test_a_stable_layer_norm_audio_model_is_timed_on_its_masked_frames(tmp_path: Path) -> None:
     _needs_adapter("wav2vec2")
     spec = _write(tmp_path, "wav2vec2", {**TINY_WAV2VEC2, **STABLE_LAYER_NORM})
