@@ -37,8 +37,9 @@ __all__ = ["SHORT_ROW_TOKENS", "ShortRows", "attend_short_rows"]
 
 #: Rows of at most this many tokens are attended in one batched call. MiniLM's sorted texts, model alone, paired
 #: against OpenVINO (``benchmarks/texts_model_only.py --short-rows N``): fp32 1.02-1.09x at 32, 1.07x at 48 and at 64,
-#: 0.97-0.98x with one call per run (N = 0); under bf16 autocast 0.99x at 32, 1.02x at 0. The padded scores grow
-#: quadratically with the longest short row.
+#: 0.97-0.98x with one call per run (N = 0). Under bf16 autocast, bt against itself in one process since the layout
+#: is gathered: 1.07x at 32 over N = 0, 0.98x at 64 against 32. The padded scores grow quadratically with the longest
+#: short row.
 SHORT_ROW_TOKENS = 32
 
 #: The padded layout's least length (see ``ShortRows``).
