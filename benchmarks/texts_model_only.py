@@ -10,7 +10,7 @@ the minor page faults per pass, and the process's peak memory. Without OpenVINO 
 Run from the repository root::
 
     python benchmarks/texts_model_only.py --model DIR --texts FILE [--order sorted] [--autocast] [--bt-only]
-        [--onnx model.onnx] [--counters] [--profile] [--short-rows N]
+        [--onnx model.onnx] [--counters] [--profile] [--short-rows N] [--against-short-rows N]
 
 ``BT_MALLOC=system`` in the environment leaves glibc's malloc as it is (``bt_core/_allocator.py``).
 """
@@ -65,6 +65,19 @@ def openvino_pass(graph: Path, batches: list[dict[str, Any]], args: argparse.Nam
     return run
 
 
+def _with_short_rows(tokens: int, run: Callable[[], None]) -> Callable[[], None]:
+    """``run`` with rows of up to ``tokens`` tokens attended together (``SHORT_ROW_TOKENS``), bt's own after it."""
+
+    def run_with() -> None:
+        own, _packing.SHORT_ROW_TOKENS = _packing.SHORT_ROW_TOKENS, tokens
+        try:
+            run()
+        finally:
+            _packing.SHORT_ROW_TOKENS = own
+
+    return run_with
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, required=True, help="a sentence-transformers or transformers folder")
@@ -91,6 +104,14 @@ def main() -> int:
         help=f"attend rows of up to this many tokens together (default: bt's own, {_packing.SHORT_ROW_TOKENS})",
     )
     parser.add_argument(
+        "--against-short-rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="also time the same converted model attending rows of up to N tokens together, alternating with bt's "
+        "passes, and print bt's paired speed against it",
+    )
+    parser.add_argument(
         "--bt-only",
         action="store_true",
         help="no ONNX export or OpenVINO: malloc as a process that only runs bt leaves it (exporting frees large "
@@ -112,6 +133,8 @@ def main() -> int:
                 converted(**batch)
 
     passes: dict[str, Callable[[], None]] = {"bt": bt_pass}
+    if args.against_short_rows is not None:
+        passes[f"bt, short rows {args.against_short_rows}"] = _with_short_rows(args.against_short_rows, bt_pass)
     if args.profile:
         bt_pass()
         print(format_profile("one bt pass", profile_call(bt_pass, "cpu")))
@@ -141,12 +164,14 @@ def main() -> int:
     precision = "bf16 autocast" if args.autocast else "fp32"
     print(f"{len(batches)} {args.order} batches of {args.batch_size}, {precision}, {args.threads} threads, ", end="")
     print(f"{args.rounds} rounds")
+    width = max(9, *map(len, passes))
     for name in passes:
         median_ms, median_faults = statistics.median(seconds[name]) * 1e3, statistics.median(page_faults[name])
-        print(f"{name:<9} {median_ms:8.0f} ms a pass, {median_faults:8.0f} minor page faults a pass")
-    if "OpenVINO" in passes:
-        paired = statistics.median(o / b for b, o in zip(seconds["bt"], seconds["OpenVINO"], strict=True))
-        print(f"bt speed against OpenVINO, paired: {paired:.3f}x")
+        print(f"{name:<{width}} {median_ms:8.0f} ms a pass, {median_faults:8.0f} minor page faults a pass")
+    for name in passes:
+        if name != "bt":
+            paired = statistics.median(o / b for b, o in zip(seconds["bt"], seconds[name], strict=True))
+            print(f"bt speed against {name}, paired: {paired:.3f}x")
     print(f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
     return 0
 

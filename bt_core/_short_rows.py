@@ -11,15 +11,15 @@ unchanged: tokens are copied into the padded layout and back.
 
 The layout is gathered, not scattered: each padded slot reads a packed token (a slot past a row's end
 reads the row's last token, a finite value its key mask hides), so no buffer is zeroed, and every copy
-moves whole token rows. On MiniLM's texts that made the whole model 1.04-1.05x faster under bfloat16
-autocast (1.01x in float32) than scattering each head into a zeroed layout, with the same results.
+moves whole token rows. Scattering each head into a zeroed layout instead gave the same results, but the
+batched call lost to one SDPA call per run under bfloat16 autocast, where it now wins (``SHORT_ROW_TOKENS``).
 
 The arithmetic follows SDPA's CPU flash kernel, which the original runs on the same rows: for float16
 and bfloat16 inputs, scores, exponentials and their sum in float32, the exponentials rounded to the
 input dtype for the GEMM with the values, accumulated in float32 and divided by the sum at the end.
-(Computing it all in float32 with one softmax was 1.2x faster, but the error it adds, small against
-full precision, moved the outputs of small models under bfloat16 autocast up to 1.4x autocast's own
-error away from the original's.)
+(Computing it all in float32 with one softmax is faster, but the error it adds, small against full
+precision, moved the outputs of small models under bfloat16 autocast up to 1.4x autocast's own error
+away from the original's.)
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ __all__ = ["SHORT_ROW_TOKENS", "ShortRows", "attend_short_rows"]
 
 #: Rows of at most this many tokens are attended in one batched call. MiniLM's sorted texts, model alone, paired
 #: against OpenVINO (``benchmarks/texts_model_only.py --short-rows N``): fp32 1.02-1.09x at 32, 1.07x at 48 and at 64,
-#: 0.97-0.98x with one call per run (N = 0). Under bf16 autocast, bt against itself in one process since the layout
-#: is gathered: 1.07x at 32 over N = 0, 0.98x at 64 against 32. The padded scores grow quadratically with the longest
-#: short row.
+#: 0.97-0.98x with one call per run (N = 0). Since the layout is gathered, bt against itself in one process
+#: (``--against-short-rows N``): under bf16 autocast 1.04x at 32 over N = 0, 0.98x at 64 against 32; fp32 1.00x at 32
+#: over 0. The padded scores grow quadratically with the longest short row.
 SHORT_ROW_TOKENS = 32
 
 #: The padded layout's least length (see ``ShortRows``).

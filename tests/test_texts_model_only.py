@@ -37,6 +37,12 @@ def test_bt_alone_reports_its_pass_and_page_faults(tmp_path: Path) -> None:
     assert "OpenVINO" not in out.split("timing bt alone", 1)[1] and "peak memory" in out
 
 
+def test_against_another_short_row_threshold_both_alternate_and_bt_is_paired_with_it(tmp_path: Path) -> None:
+    out = _run(tmp_path, "--bt-only", "--against-short-rows", "0")
+    assert re.search(r"^bt, short rows 0 +\d+ ms a pass", out, flags=re.M)
+    assert re.search(r"^bt speed against bt, short rows 0, paired: \d+\.\d+x$", out, flags=re.M)
+
+
 def test_against_openvino_the_graph_is_exported_once_and_reused(tmp_path: Path) -> None:
     pytest.importorskip("openvino")
     pytest.importorskip("onnx")
