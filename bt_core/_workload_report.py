@@ -9,7 +9,7 @@ from typing import Any
 
 from ._bench_profile import format_profile
 
-__all__ = ["Row", "format_table", "row_result", "score"]
+__all__ = ["Row", "against_runtimes", "format_table", "row_result", "score"]
 
 Run = Callable[[list[str]], Any]
 
@@ -28,6 +28,7 @@ class Row:
     outputs: dict[str, list[Any]] = field(default_factory=dict)  # order -> per-batch outputs of the last pass
     accuracy: dict[str, float] = field(default_factory=dict)  # order -> min cosine or max |difference|
     torch: bool = False  # runs in torch, where ``--profile`` can see its operators
+    bt: bool = False  # a converted model's row, which ``against_runtimes`` pairs with the runtime rows
     profile: dict[str, Any] = field(default_factory=dict)  # order -> bt_core._bench_profile.profile_call's result
 
     def median(self, order: str) -> float | None:
@@ -53,11 +54,7 @@ def row_result(row: Row, texts: int, reference: Row) -> dict[str, Any]:
     the same round. Rows alternate within a round, so the pairs share the machine's state of the moment; on
     a noisy machine that ratio is steadier than the ratio of the two medians."""
     medians = {order: row.median(order) for order in row.samples}
-    speedup = {}
-    for order, seconds in row.samples.items():
-        base = reference.samples.get(order, [])
-        if len(base) == len(seconds) and seconds:
-            speedup[order] = statistics.median(b / s for b, s in zip(base, seconds, strict=True))
+    speedup = _paired(reference, row)
     return {
         "name": row.name,
         "precision": row.precision,
@@ -71,6 +68,33 @@ def row_result(row: Row, texts: int, reference: Row) -> dict[str, Any]:
         "accuracy": row.accuracy,
         **({"profile": row.profile} if row.profile else {}),
     }
+
+
+def _paired(numerator: Row, denominator: Row) -> dict[str, float]:
+    """Per order both rows timed in every round: the median over rounds of ``numerator``'s seconds over
+    ``denominator``'s in the same round."""
+    ratios = {}
+    for order, seconds in denominator.samples.items():
+        base = numerator.samples.get(order, [])
+        if len(base) == len(seconds) and seconds:
+            ratios[order] = statistics.median(b / s for b, s in zip(base, seconds, strict=True))
+    return ratios
+
+
+def against_runtimes(rows: list[Row]) -> list[dict[str, Any]]:
+    """Each timed bt row against each timed runtime row of its class of precision (fp32 with fp32, reduced
+    with reduced): ``ratio`` per order is the runtime's seconds over bt's in the same round, median over
+    rounds, so above 1 bt is ahead."""
+    timed = [row for row in rows if row.status == "ok" and row.samples]
+    pairs = []
+    for bt in (row for row in timed if row.bt):
+        for runtime in (row for row in timed if not row.torch):
+            if (bt.precision == "fp32") == (runtime.precision == "fp32"):
+                pairs.append({
+                    "row": bt.name, "precision": bt.precision, "against": runtime.name,
+                    "against_precision": runtime.precision, "ratio": _paired(runtime, bt),
+                })  # fmt: skip
+    return pairs
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -120,13 +144,21 @@ def format_table(result: dict[str, Any]) -> str:
         numeric = [cell.rjust(width) for cell, width in zip(r[2:-1], widths[2:], strict=True)]
         left = [r[0].ljust(widths[0]), r[1].ljust(widths[1])]
         lines.append("  ".join([*left, *numeric, r[-1]]).rstrip())
+    pairs = result.get("against_runtimes", [])
+    if pairs:
+        lines += ["", "bt against the runtimes, paired within rounds (" + " / ".join(orders) + "):"]
+        for pair in pairs:
+            ratios = " / ".join(f"{pair['ratio'][o]:.2f}x" if o in pair["ratio"] else "-" for o in orders)
+            against = f"{pair['against']} ({pair['against_precision']})"
+            lines.append(f"  {pair['row']} ({pair['precision']}) against {against}: {ratios}")
     for row in result["rows"]:
         for order, profiled in row.get("profile", {}).items():
             lines.append(format_profile(f"{row['name']} ({row['precision']}), {order} order", profiled))
     lines.append("")
     lines.append(
         "texts/s: texts over the median seconds for all batches of an order, tokenization included; (x): the first "
-        "row's seconds over this row's in the same round, median over rounds; "
+        "row's seconds over this row's in the same round, median over rounds (bt against the runtimes: the "
+        "runtime's seconds over bt's); "
         f"{metric}: worst over both orders against the first row, fp32, same order"
     )
     return "\n".join(lines)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ._workload_inputs import InputError, Order, check_inputs, machine_info, make_orders, padding_fraction
-from ._workload_report import Row, format_table, row_result, score
+from ._workload_report import Row, against_runtimes, format_table, row_result, score
 
 __all__ = ["main", "run_workload"]
 
@@ -133,6 +133,7 @@ def run_workload(
         },
         "orders": order_info,
         "rows": [row_result(row, len(texts), reference) for row in rows],
+        "against_runtimes": against_runtimes(rows),
     }  # fmt: skip
 
 
@@ -162,7 +163,7 @@ def _build_rows(
     converted_fp32: list[Any] = []  # the fp32 conversion, shared by the bt rows with and without autocast
 
     def bt_row(name: str, precision: str, cast: bool = False, under_autocast: bool = False, bare: bool = False) -> Row:
-        row = Row(name, precision, None, torch=True)
+        row = Row(name, precision, None, torch=True, bt=True)
         try:
             if cast:
                 converted = BetterTransformer.transform(copy.deepcopy(original).to(low))

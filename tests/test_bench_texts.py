@@ -109,6 +109,14 @@ def test_minilm_with_every_runtime_times_all_rows_in_both_orders(tmp_path: Path,
     assert "Attention x" in rows[("ONNX Runtime", "fp32")]["note"]  # the BERT optimizer fused attention
     for line in ["arrival texts/s", "sorted texts/s", "min cosine", "ONNX Runtime", "OpenVINO", "bf16 autocast"]:
         assert line in table
+    pairs = {(p["row"], p["precision"], p["against"], p["against_precision"]): p for p in result["against_runtimes"]}
+    fp32 = pairs[("bt", "fp32", "OpenVINO", "fp32")]
+    bt_s, openvino_s = rows[("bt", "fp32")]["samples_s"], rows[("OpenVINO", "fp32")]["samples_s"]
+    assert fp32["ratio"] == {o: pytest.approx(openvino_s[o][0] / bt_s[o][0]) for o in ("arrival", "sorted")}
+    assert ("bt under autocast", "bf16 autocast", "OpenVINO", "bf16 hint") in pairs
+    assert ("bt", "fp32", "OpenVINO", "bf16 hint") not in pairs  # fp32 is paired with fp32 only
+    assert "bt against the runtimes, paired within rounds (arrival / sorted):" in table
+    assert "  bt under autocast (bf16 autocast) against OpenVINO (bf16 hint): " in table
     assert len([line for line in table.splitlines() if "reference" in line]) == 1
 
 
@@ -265,6 +273,24 @@ def test_the_benchmark_corpus_is_the_same_for_the_same_seed_and_long_tailed() ->
     words = sorted(len(text.split()) for text in texts)
     assert len(texts) == 512 and all(text.strip() and "\n" not in text for text in texts)
     assert words[-1] > 3 * words[len(words) // 2]  # a long tail: batches in arrival order pad a lot
+
+
+def test_bt_rows_are_paired_with_the_runtime_rows_of_their_precision_class() -> None:
+    """Above 1, bt is ahead: the runtime's seconds over bt's in the same round, median over rounds."""
+    from bt_core._workload_report import Row, against_runtimes
+
+    bt = Row("bt", "fp32", None, torch=True, bt=True, samples={"sorted": [1.0, 2.0, 1.0]})
+    autocast = Row("bt under autocast", "bf16 autocast", None, torch=True, bt=True, samples={"sorted": [1.0]})
+    as_loaded = Row("as loaded", "fp32", None, torch=True, samples={"sorted": [3.0, 3.0, 3.0]})
+    openvino = Row("OpenVINO", "fp32", None, samples={"sorted": [2.0, 3.0, 1.1]})
+    bf16 = Row("OpenVINO", "bf16 hint", None, samples={"sorted": [0.8]})
+    missing = Row("ONNX Runtime", "fp32", None, "not installed", status="skipped")
+    pairs = against_runtimes([as_loaded, bt, autocast, openvino, bf16, missing])
+    assert [(p["row"], p["against"], p["against_precision"]) for p in pairs] == [
+        ("bt", "OpenVINO", "fp32"), ("bt under autocast", "OpenVINO", "bf16 hint"),
+    ]  # fmt: skip
+    assert pairs[0]["ratio"] == {"sorted": pytest.approx(1.5)}  # median of 2.0, 1.5, 1.1
+    assert pairs[1]["ratio"] == {"sorted": pytest.approx(0.8)}
 
 
 def test_speedup_is_the_median_of_same_round_ratios_to_the_first_row() -> None:
