@@ -81,15 +81,21 @@ def _paired(numerator: Row, denominator: Row) -> dict[str, float]:
     return ratios
 
 
+def _precision_class(precision: str) -> str:
+    """What a row's precision is compared within: "fp32", "bf16"/"fp16" (autocast, a cast model or a
+    runtime's hint alike), or the precision itself (int8, whose accuracy no bt row shares)."""
+    return next((name for name in ("fp32", "bf16", "fp16") if precision.startswith(name)), precision)
+
+
 def against_runtimes(rows: list[Row]) -> list[dict[str, Any]]:
-    """Each timed bt row against each timed runtime row of its class of precision (fp32 with fp32, reduced
-    with reduced): ``ratio`` per order is the runtime's seconds over bt's in the same round, median over
+    """Each timed bt row against each timed runtime row of its class of precision (fp32 with fp32, bf16
+    with bf16): ``ratio`` per order is the runtime's seconds over bt's in the same round, median over
     rounds, so above 1 bt is ahead."""
     timed = [row for row in rows if row.status == "ok" and row.samples]
     pairs = []
     for bt in (row for row in timed if row.bt):
         for runtime in (row for row in timed if not row.torch):
-            if (bt.precision == "fp32") == (runtime.precision == "fp32"):
+            if _precision_class(bt.precision) == _precision_class(runtime.precision):
                 pairs.append({
                     "row": bt.name, "precision": bt.precision, "against": runtime.name,
                     "against_precision": runtime.precision, "ratio": _paired(runtime, bt),
