@@ -171,12 +171,17 @@ def _reference(
         probabilities.append(probs)
         return context
 
+    def drop_out(t: Tensor, p: float) -> Tensor:
+        if layer.dropout_time_first:  # the mask drawn over (seq, batch, ...), as the original draws it
+            return F.dropout(t.transpose(0, 1).contiguous(), p=p, training=True).transpose(0, 1)
+        return F.dropout(t, p=p, training=True)
+
     def regularise(t: Tensor, branch: str) -> Tensor:
         if not training:
             return t
         if branch == "feed_forward_inner":  # no stochastic depth inside a branch
-            return F.dropout(t, p=layer.feed_forward_inner_dropout, training=True)
-        t = F.dropout(t, p=layer.branch_dropout(branch), training=True)
+            return drop_out(t, layer.feed_forward_inner_dropout)
+        t = drop_out(t, layer.branch_dropout(branch))
         if layer.drop_path > 0:  # stochastic depth: drop the whole branch for some samples
             keep_rate = 1.0 - layer.drop_path
             sample = t.new_empty((t.shape[0],) + (1,) * (t.dim() - 1)).bernoulli_(keep_rate)

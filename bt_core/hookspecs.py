@@ -28,7 +28,8 @@ What each minor added (the adapter contract lives in :mod:`bt_core.layer`):
   (relative position bias), ``attention_window`` (local attention), ``gated_half`` (GLU
   feed-forwards), ``norm1_kind``/``norm2_kind`` (LayerNorm with or without bias, RMSNorm, none); a
   bias or norm weight may be declared absent (``None``) instead of zeros;
-  ``feed_forward_inner_dropout``; the classmethod ``converts(layer, config)`` leaves layers of the
+  ``feed_forward_inner_dropout``, ``dropout_time_first`` (dropout masks drawn over ``(seq, batch)``, as a
+  time-first encoder draws them); the classmethod ``converts(layer, config)`` leaves layers of the
   mapped class that the adapter does not convert (a seq2seq model's decoder blocks) as they are.
   Plugins built for 1.0 load and convert unchanged.
 """

@@ -101,6 +101,9 @@ class BetterTransformerBaseLayer(DeclaringLayer):
     #: reads the last position): padded batches then run ``dense``, which computes every position as
     #: the original does. (Left-padded batches always do: heads read position 0.)
     reads_padded_positions: ClassVar[bool] = False
+    #: Set when the original drops out ``(seq, batch, ...)`` tensors (FSMT keeps its hidden states time
+    #: first): the reference path then draws its dropout masks in that order, so one seed drops the same elements.
+    dropout_time_first: ClassVar[bool] = False
 
     def __init__(self, layer: nn.Module, config: Any) -> None:
         super().__init__()

@@ -32,6 +32,8 @@ class FSMTEncoderLayerAdapter(BartEncoderLayerAdapter):
     # FSMTEncoder records output_hidden_states itself, between layers: no packed or nested batch may
     # travel from one layer to the next.
     pads_every_output: ClassVar[bool] = True
+    # Its dropouts act on (seq, batch, hidden) tensors: training through bt draws the same masks.
+    dropout_time_first: ClassVar[bool] = True
 
     def attention_shape(self, layer: nn.Module) -> tuple[int, int]:
         attention = layer.self_attn
