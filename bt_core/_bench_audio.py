@@ -29,10 +29,14 @@ def _conv_stack(config: Any) -> list[tuple[int, int]]:
     return list(zip(kernels, strides, strict=True))
 
 
-def audio_samples(config: Any, frames: int) -> int:
-    """The fewest raw samples the front end (unpadded convolutions) turns into ``frames`` frames."""
+def _check_frames(frames: int) -> None:
     if frames < 1:
         raise ValueError(f"an audio row needs at least one frame, not {frames}")
+
+
+def audio_samples(config: Any, frames: int) -> int:
+    """The fewest raw samples the front end (unpadded convolutions) turns into ``frames`` frames."""
+    _check_frames(frames)
     stack = _conv_stack(config)
     receptive = 1  # samples one output frame sees, walking the stack back from the top
     for kernel, stride in reversed(stack):
@@ -53,15 +57,16 @@ def _is_whisper_like(config: Any) -> bool:
     return hasattr(config, "num_mel_bins") and hasattr(config, "max_source_positions")
 
 
-def _is_speech2text_like(config: Any) -> bool:
-    return hasattr(config, "input_feat_per_channel") and hasattr(config, "num_conv_layers")
+def _reads_filterbanks(model: Any) -> bool:
+    """Speech2Text-style: filter-bank frames in, subsampled by ``num_conv_layers`` stride-2 convolutions."""
+    features = model.main_input_name == "input_features"
+    return features and hasattr(model.config, "input_feat_per_channel") and hasattr(model.config, "num_conv_layers")
 
 
 def filterbank_frames(config: Any, frames: int) -> int:
     """The fewest filter-bank frames Speech2Text's subsampler turns into ``frames`` encoder frames: each of
     its ``num_conv_layers`` convolutions has stride 2 and keeps ``ceil(n / 2)`` of ``n`` frames."""
-    if frames < 1:
-        raise ValueError(f"an audio row needs at least one frame, not {frames}")
+    _check_frames(frames)
     for _ in range(int(config.num_conv_layers)):
         frames = 2 * frames - 1
     return frames
@@ -76,8 +81,13 @@ def audio_inputs(
 
     config = model.config
     batch = len(rows)
-    if model.main_input_name == "input_features" and _is_speech2text_like(config):
-        return _filterbank_inputs(config, length, rows, device, dtype, generator)
+    if _reads_filterbanks(model):
+        # Zero-padded filter-bank frames and their mask, as Speech2Text's feature extractor gives them.
+        features = int(config.input_feat_per_channel) * int(getattr(config, "input_channels", 1))
+        lengths = [filterbank_frames(config, n) for n in rows]
+        values, real = _zero_padded(filterbank_frames(config, length), lengths, (features,), generator)
+        inputs = {"input_features": values.to(device=device, dtype=dtype), "attention_mask": real.long().to(device)}
+        return inputs, list(rows)
     if model.main_input_name == "input_features":
         if not _is_whisper_like(config):
             raise ValueError(
@@ -95,11 +105,8 @@ def audio_inputs(
         frames = 2 * length  # the encoder's strided convolution halves them
         features = torch.randn(batch, mels, frames, generator=generator).to(device=device, dtype=dtype)
         return {"input_features": features}, [frames // 2] * batch
-    total = audio_samples(config, length)
-    samples = torch.tensor([audio_samples(config, n) for n in rows])
-    real = torch.arange(total)[None, :] < samples[:, None]
-    # Padding is silence (zeros), as the feature extractor pads.
-    audio = torch.randn(batch, total, generator=generator) * real
+    samples = [audio_samples(config, n) for n in rows]
+    audio, real = _zero_padded(audio_samples(config, length), samples, (), generator)
     inputs: dict[str, Any] = {"input_values": audio.to(device=device, dtype=dtype)}
     if takes_audio_mask(config):
         inputs["attention_mask"] = real.long().to(device)
@@ -107,26 +114,20 @@ def audio_inputs(
     return inputs, [length] * batch
 
 
-def _filterbank_inputs(
-    config: Any, length: int, rows: Sequence[int], device: Any, dtype: Any, generator: Any
-) -> tuple[dict, list[int]]:
-    """Speech2Text's batch: zero-padded filter-bank frames and their attention mask; the roofline counts
-    each row's real encoder frames."""
+def _zero_padded(total: int, lengths: list[int], inner: tuple[int, ...], generator: Any) -> tuple[Any, Any]:
+    """Random ``(rows, total, *inner)`` values, zero (silence, as feature extractors pad) past each row's
+    length, and the ``(rows, total)`` bool mask of its real steps."""
     import torch
 
-    total = filterbank_frames(config, length)
-    real_frames = torch.tensor([filterbank_frames(config, n) for n in rows])
-    real = torch.arange(total)[None, :] < real_frames[:, None]
-    features = int(config.input_feat_per_channel) * int(getattr(config, "input_channels", 1))
-    values = torch.randn(len(rows), total, features, generator=generator) * real[:, :, None]
-    inputs = {"input_features": values.to(device=device, dtype=dtype), "attention_mask": real.long().to(device)}
-    return inputs, list(rows)
+    real = torch.arange(total)[None, :] < torch.tensor(lengths)[:, None]
+    values = torch.randn(len(lengths), total, *inner, generator=generator)
+    return values * real.view(*real.shape, *(1,) * len(inner)), real
 
 
 def describe_audio(model: Any) -> str:
     """One line on how the audio batch is fed, for the table and the JSON."""
     config = model.config
-    if model.main_input_name == "input_features" and _is_speech2text_like(config):
+    if _reads_filterbanks(model):
         return (
             "filter-bank frames with an attention mask (as Speech2Text's feature extractor); the roofline counts "
             "each row's real encoder frames"

@@ -73,7 +73,7 @@ class ShortRows:
         self.slots = real.reshape(-1).nonzero().squeeze(1).to(device)
         self.tokens: Tensor | None = None
         if sum(lengths) != packing.tokens:
-            self.tokens = (starts[:, None] + positions[None, :])[real].to(device)
+            self.tokens = self.gather.index_select(0, self.slots)  # a real slot reads its own token
         # A left-padded row's position 0 is a query only: no key attends to it (see Packing).
         keep = real.clone()
         keep[:, 0] &= ~torch.tensor(query_only)
